@@ -1,0 +1,47 @@
+"""The contract every video segmentation model implements.
+
+A model step is a pure function with explicit state in and out, so the same step runs eagerly, under
+torch.export, as ONNX and as TensorRT, and one node can serve several streams (each owns its state).
+
+Conventions shared by all models:
+
+* ``image`` and ``prev_image`` are normalised float tensors ``[B, 3, H, W]`` (mean/std from the checkpoint).
+* ``flow`` is *reverse* optical flow ``[B, 2, Hf, Wf]`` in pixels of its own resolution: for a pixel ``x`` of
+  frame t, ``x + flow(x)`` is where it was in frame t-1 (channel 0 = dx, channel 1 = dy). ``Hf, Wf`` may differ
+  from ``H, W``; :func:`vidseg_ros.motion.warp.warp` rescales flow to whatever resolution it warps.
+* Logits are returned at the input resolution ``[B, C, H, W]``.
+* ``State`` is a flat ``dict[str, Tensor]``; ``key_step`` and ``nonkey_step`` return the same keys and shapes,
+  so state can be carried frame to frame and exported as explicit tensors.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+State = dict[str, Tensor]
+
+
+class VideoSegModel(nn.Module):
+    """Base class of ``perframe``, ``netwarp`` and ``twnet``.
+
+    ``key_interval`` is the default key-frame policy: 1 runs ``key_step`` on every frame (per-frame model),
+    0 runs it only on the first frame after a reset (NetWarp), N > 1 on every N-th frame (TWNet).
+    """
+
+    method: ClassVar[str] = ""
+    uses_motion: ClassVar[bool] = False
+    key_interval: int = 1
+
+    def key_step(self, image: Tensor) -> tuple[Tensor, State]:
+        """Full computation on a frame with no usable history; returns logits and fresh state."""
+        raise NotImplementedError
+
+    def nonkey_step(self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State) -> tuple[Tensor, State]:
+        """Computation that reuses ``state`` of frame t-1 warped by ``flow``; returns logits and new state."""
+        raise NotImplementedError
+
+    def forward(self, image: Tensor) -> Tensor:
+        """Single-image logits (the image model); used for training stage 1 and as a reference."""
+        return self.key_step(image)[0]
