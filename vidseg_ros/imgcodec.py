@@ -32,7 +32,8 @@ def decode_image(encoding: str, width: int, height: int, step: int, data: bytes 
     before the buffer is reused.
 
     Raises:
-        ImageDecodeError: unknown encoding, zero size, a step smaller than a row, or too little data.
+        ImageDecodeError: unknown encoding, zero size, a step smaller than a row, or a data size other
+            than ``step * height``.
     """
     layout = _LAYOUTS.get(encoding)
     if layout is None:
@@ -45,11 +46,13 @@ def decode_image(encoding: str, width: int, height: int, step: int, data: bytes 
         raise ImageDecodeError(f"step {step} is smaller than a row of {width} {encoding} pixels ({row_bytes} bytes)")
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
     needed = step * height
-    if buf.size < needed:
+    if buf.size != needed:
+        # sensor_msgs/Image requires len(data) == step * height; anything else means a field lies.
+        what = "truncated data" if buf.size < needed else "data larger than step * height"
         raise ImageDecodeError(
-            f"truncated data: {buf.size} bytes for {width}x{height} {encoding} with step {step} (need {needed})"
+            f"{what}: {buf.size} bytes for {width}x{height} {encoding} with step {step} (expected {needed})"
         )
-    rows = buf[:needed].reshape(height, step)[:, :row_bytes]
+    rows = buf.reshape(height, step)[:, :row_bytes]
     pixels = rows.reshape(height, width, channels)
     if channels == 1:
         return np.repeat(pixels, 3, axis=2)

@@ -1,0 +1,314 @@
+"""``seg_node``: the lifecycle node that segments a camera stream.
+
+configure loads the model (once, before anything subscribes) and creates the publishers; activate subscribes
+and starts the worker. The subscription callback only stores the newest frame; one worker thread runs the
+model, so a frame that arrives while the worker is busy replaces the waiting one and is counted as dropped.
+With ``realtime: false`` every frame is processed in order instead (bag evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rcl_interfaces.msg import SetParametersResult
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from vidseg_ros.config import PARAMS, SPECS, NodeConfig
+from vidseg_ros.imgcodec import ImageDecodeError
+from vidseg_ros.palette import colorize, overlay, palette_lut
+from vidseg_ros.ros.convert import image_to_rgb, make_image
+from vidseg_ros.ros.params import declare_all, read_all
+from vidseg_ros.runtime.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from vidseg_ros.runtime.segmenter import Segmenter, pick_device
+from vidseg_ros.runtime.stats import OK, WARN, NodeStats
+from vidseg_ros.runtime.stream import Stream
+
+_LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN}
+
+
+class SegNode(LifecycleNode):
+    """Subscribes to ``image``; publishes ``semantic_mask`` (+ ``/color``, ``/overlay``, ``/timing``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("vidseg", **kwargs)
+        declare_all(self)
+        self.config: NodeConfig = read_all(self)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.stats = NodeStats(window_s=self.config["diagnostics.window_s"])
+        self.stream: Stream | None = None
+        self.segmenter: Segmenter | None = None
+        self._lut = None
+        self._pubs: dict[str, Any] = {}
+        self._sub = None
+        self._diag_timer = None
+        self._worker: threading.Thread | None = None
+        self._cond = threading.Condition()
+        self._pending: tuple[Image, float] | None = None
+        self._running = False
+        self._warned: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- parameters
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        changes = {p.name: p.value for p in params if p.name in SPECS}
+        try:
+            new = self.config.updated(changes)
+        except ValueError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        self.config = new
+        if self.segmenter is not None and "twnet.key_interval" in changes:
+            self._apply_key_interval()
+        if self.stream is not None:
+            self.stream.max_gap_s = new["temporal.max_gap_s"]
+        self.stats.window_s = new["diagnostics.window_s"]
+        return SetParametersResult(successful=True)
+
+    def _apply_key_interval(self) -> None:
+        assert self.segmenter is not None
+        override = self.config["twnet.key_interval"]
+        if self.segmenter.model.method == "twnet":
+            self.segmenter.key_interval = override or self.segmenter.model.key_interval
+
+    # ---------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        cfg = self.config
+        try:
+            device = pick_device(cfg["model.device"])
+            path = resolve_checkpoint(cfg["model.checkpoint"])
+            model, meta = load_checkpoint(path, device=device)
+        except (CheckpointError, RuntimeError) as e:
+            self.get_logger().error(f"cannot start: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self.segmenter = Segmenter(
+            model,
+            meta,
+            device=device,
+            input_size=(cfg["model.width"], cfg["model.height"]),
+            flow_downscale=cfg["motion.flow_downscale"],
+        )
+        self._apply_key_interval()
+        self.stream = Stream(self.segmenter, max_gap_s=cfg["temporal.max_gap_s"])
+        self._lut = palette_lut(meta.palette)
+        self._checkpoint_name = path.name
+        out_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        for key, topic, kind in (
+            ("mask", "semantic_mask", Image),
+            ("color", "semantic_mask/color", Image),
+            ("overlay", "semantic_mask/overlay", Image),
+            ("timing", "semantic_mask/timing", DiagnosticArray),
+        ):
+            self._pubs[key] = self.create_publisher(kind, topic, out_qos)
+        self._pubs["diagnostics"] = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._pubs["classes"] = self.create_publisher(String, "semantic_mask/classes", latched)
+        classes = [{"id": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(zip(meta.classes, meta.palette))]
+        self._pubs["classes"].publish(String(data=json.dumps({"classes": classes, "model": meta.name})))
+        w, h = self.segmenter.input_size
+        self.get_logger().info(
+            f"loaded {meta.name} from {path} on {device} (backend torch-{device.type}, input {w}x{h}, "
+            f"key interval {self.segmenter.key_interval})"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        cfg = self.config
+        realtime = cfg["realtime"]
+        reliability = ReliabilityPolicy.RELIABLE if cfg["qos.reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT
+        # Offline processing must not lose frames in the DDS reader either, hence KEEP_ALL.
+        history = HistoryPolicy.KEEP_LAST if realtime else HistoryPolicy.KEEP_ALL
+        qos = QoSProfile(depth=cfg["qos.depth"], history=history, reliability=reliability)
+        if not realtime and reliability != ReliabilityPolicy.RELIABLE:
+            self.get_logger().warning("realtime is false but qos.reliability is best_effort: frames can be lost")
+        self._running = True
+        if realtime:
+            self._worker = threading.Thread(target=self._work, name="vidseg-worker", daemon=True)
+            self._worker.start()
+        self._sub = self.create_subscription(Image, "image", self._on_image, qos)
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+        self.get_logger().info(
+            f"subscribed to {self._sub.topic_name} ({cfg['qos.reliability']}, "
+            f"{'realtime: newest frame only' if realtime else 'every frame in order'})"
+        )
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        if self._sub is not None:
+            self.destroy_subscription(self._sub)
+            self._sub = None
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        self._pubs.clear()
+        self.stream = self.segmenter = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_worker(self) -> None:
+        with self._cond:
+            self._running = False
+            self._pending = None
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=2.0)
+            self._worker = None
+
+    # ---------------------------------------------------------------- frames
+    def _on_image(self, msg: Image) -> None:
+        now = time.monotonic()
+        self.stats.on_input(now)
+        if not self.config["realtime"]:
+            self._process(msg, now)
+            return
+        with self._cond:
+            if self._pending is not None:
+                self.stats.on_drop(now)
+            self._pending = (msg, now)
+            self._cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._running and self._pending is None:
+                    self._cond.wait(timeout=0.5)
+                if not self._running:
+                    return
+                msg, received = self._pending
+                self._pending = None
+            self._process(msg, received)
+
+    def _warn(self, kind: str, text: str, period_s: float = 2.0) -> None:
+        """A warning rate-limited per kind, so one bad publisher cannot flood the log."""
+        now = time.monotonic()
+        if now - self._warned.get(kind, -1e9) >= period_s:
+            self._warned[kind] = now
+            self.get_logger().warning(text)
+
+    def _process(self, msg: Image, received: float) -> None:
+        stream, lut = self.stream, self._lut
+        if stream is None or lut is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            rgb = image_to_rgb(msg)
+        except ImageDecodeError as e:
+            self.stats.on_skip()
+            self._warn("decode", f"skipping image from '{msg.header.frame_id}': {e}")
+            return
+        t1 = time.perf_counter()
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        try:
+            result = stream.step(rgb, stamp_ns, encoding=msg.encoding, frame_id=msg.header.frame_id)
+        except (RuntimeError, ValueError) as e:
+            # A failure inside the model must not kill the node; the next frame starts from a key frame.
+            stream.reset()
+            self.stats.on_skip()
+            self._warn("model", f"model step failed, state reset: {e}")
+            return
+        if result.reset_reason:
+            self.stats.on_reset()
+            self._warn("reset", f"temporal state reset: {result.reset_reason}", period_s=0.0)
+        t2 = time.perf_counter()
+        self._pubs["mask"].publish(make_image(msg.header, result.mask, "mono8"))
+        cfg = self.config
+        color_pub, overlay_pub = self._pubs["color"], self._pubs["overlay"]
+        colours = None
+        if cfg["publish.color"] and color_pub.get_subscription_count() > 0:
+            colours = colorize(result.mask, lut)
+            color_pub.publish(make_image(msg.header, colours, "rgb8"))
+        if cfg["publish.overlay"] and overlay_pub.get_subscription_count() > 0:
+            blended = overlay(rgb, result.mask, lut, cfg["publish.overlay_alpha"])
+            overlay_pub.publish(make_image(msg.header, blended, "rgb8"))
+        t3 = time.perf_counter()
+
+        stages = {"decode": (t1 - t0) * 1e3, **result.timings_ms, "publish": (t3 - t2) * 1e3}
+        stages["total"] = (t3 - t0) * 1e3
+        self._publish_timing(msg, stages, result.is_key, result.reset_reason)
+        latency_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
+        self.stats.on_output(time.monotonic(), latency_ms, (time.monotonic() - received) * 1e3, stages)
+
+    def _publish_timing(self, msg: Image, stages: dict[str, float], is_key: bool, reset: str | None) -> None:
+        arr = DiagnosticArray()
+        arr.header = msg.header
+        values = [KeyValue(key=f"{k}_ms", value=f"{v:.3f}") for k, v in stages.items()]
+        values.append(KeyValue(key="key_frame", value=str(is_key).lower()))
+        values.append(KeyValue(key="reset", value=reset or ""))
+        arr.status = [DiagnosticStatus(level=DiagnosticStatus.OK, name="vidseg: frame timing", values=values)]
+        self._pubs["timing"].publish(arr)
+
+    def _publish_diagnostics(self) -> None:
+        seg = self.segmenter
+        if seg is None:
+            return
+        report = self.stats.report(
+            time.monotonic(),
+            expected_rate=self.config["diagnostics.expected_rate"],
+            drop_warn_ratio=self.config["diagnostics.drop_warn_ratio"],
+        )
+        values = dict(report.values)
+        values.update(
+            backend=f"torch-{seg.device.type}",
+            device=str(seg.device),
+            model=seg.meta.name,
+            checkpoint=self._checkpoint_name,
+            key_interval=str(seg.key_interval),
+            input_size="x".join(map(str, seg.input_size)),
+        )
+        status = DiagnosticStatus(
+            level=_LEVELS[report.level],
+            name=f"{self.get_name()}: segmentation",
+            message=report.message,
+            hardware_id=str(seg.device),
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self._pubs["diagnostics"].publish(arr)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``seg_node``; returns the process exit code."""
+    node: SegNode | None = None
+    try:
+        with rclpy.init(args=args):
+            try:
+                node = SegNode()
+            except (ValueError, ParameterException) as e:
+                print(f"seg_node: invalid parameter: {e}", file=sys.stderr)
+                return 1
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            if node.config["autostart"]:
+                if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                    return 1
+                node.trigger_activate()
+            executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node._stop_worker()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""One loaded model plus its preprocessing and postprocessing, shared by every stream.
+
+Resize, normalisation, argmax and the upsampling of the mask run on the model's device, so a frame costs one
+upload of the uint8 image and one download of the uint8 mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vidseg_ros.models.base import State, VideoSegModel
+from vidseg_ros.runtime.checkpoint import ModelMeta
+
+
+def pick_device(requested: str) -> torch.device:
+    """``auto`` means CUDA when present, else CPU; asking for CUDA without one is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("model.device is 'cuda' but no CUDA device is available")
+    return torch.device(requested)
+
+
+@dataclass(frozen=True)
+class FrameTensors:
+    """A frame prepared for the model: normalised image at inference size and a small grey image for flow."""
+
+    image: torch.Tensor
+    gray: np.ndarray | None
+
+
+class Segmenter:
+    """Runs the key and non-key steps of a model on numpy RGB frames."""
+
+    def __init__(
+        self,
+        model: VideoSegModel,
+        meta: ModelMeta,
+        *,
+        device: torch.device | str = "cpu",
+        input_size: tuple[int, int] | None = None,
+        flow_downscale: int = 2,
+        key_interval: int | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.meta = meta
+        w, h = input_size or tuple(meta.input_size)
+        if w <= 0 or h <= 0:
+            w, h = meta.input_size
+        self.input_size = (int(w), int(h))
+        self.key_interval = model.key_interval if key_interval is None else int(key_interval)
+        self._mean = torch.tensor(meta.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(meta.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.flow = None
+        if model.uses_motion:
+            from vidseg_ros.motion.flow import DISFlow
+
+            self.flow = DISFlow(downscale=flow_downscale)
+
+    @property
+    def uses_motion(self) -> bool:
+        return self.flow is not None
+
+    def prepare(self, rgb: np.ndarray) -> FrameTensors:
+        """Upload, resize and normalise one ``[H, W, 3]`` uint8 RGB frame."""
+        w, h = self.input_size
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device, non_blocking=True)
+        x = x.permute(2, 0, 1).unsqueeze(0).float()
+        if x.shape[-2:] != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=x.shape[-1] > w)
+        image = (x - self._mean) / self._std
+        gray = None
+        if self.flow is not None:
+            small = self.flow.prepare(rgb, (w, h))
+            gray = small
+        return FrameTensors(image=image, gray=gray)
+
+    def motion(self, current: FrameTensors, previous: FrameTensors) -> torch.Tensor:
+        """Reverse flow t -> t-1 as a ``[1, 2, h, w]`` tensor on the model's device."""
+        assert self.flow is not None and current.gray is not None and previous.gray is not None
+        flow = self.flow.compute(current.gray, previous.gray)
+        return torch.from_numpy(flow).unsqueeze(0).to(self.device)
+
+    @torch.inference_mode()
+    def key_step(self, frame: FrameTensors) -> tuple[torch.Tensor, State]:
+        return self.model.key_step(frame.image)
+
+    @torch.inference_mode()
+    def nonkey_step(
+        self, frame: FrameTensors, previous: FrameTensors, flow: torch.Tensor, state: State
+    ) -> tuple[torch.Tensor, State]:
+        return self.model.nonkey_step(frame.image, previous.image, flow, state)
+
+    @torch.inference_mode()
+    def to_mask(self, logits: torch.Tensor, out_hw: tuple[int, int]) -> np.ndarray:
+        """Arg-max at inference size, then nearest-neighbour upsampling of the ids to ``out_hw`` on device."""
+        ids = logits.argmax(dim=1, keepdim=True).to(torch.uint8)
+        if ids.shape[-2:] != out_hw:
+            ids = F.interpolate(ids.float(), size=out_hw, mode="nearest").to(torch.uint8)
+        return ids[0, 0].cpu().numpy()
