@@ -1,0 +1,107 @@
+"""Backward warping of feature maps and images with reverse optical flow.
+
+All resampling here uses the pixel-centre convention (``align_corners=False``): pixel ``i`` of a map of size
+``N`` covers ``[i, i + 1)`` and its centre sits at normalised coordinate ``2 * (i + 0.5) / N - 1``. Flow
+resizing and grid normalisation share that convention; mixing the two conventions is a known source of a
+half-pixel drift per resize in public NetWarp ports.
+
+Everything is written without data-dependent Python control flow, so it traces under ``torch.export`` and
+exports to ONNX (opset >= 16 for ``GridSample``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Offset (pixels) added to the flow before sampling. NetWarp adds a small epsilon so that sample positions
+#: are never exactly on the pixel grid, where bilinear interpolation is not differentiable w.r.t. the flow.
+#: It is kept tiny so that an integer shift reproduces its reference up to ~1e-4 of the local gradient.
+FLOW_EPS = 1e-4
+
+
+def scale_flow(flow: Tensor, src_size: tuple[int, int], dst_size: tuple[int, int]) -> Tensor:
+    """Rescales flow vectors given in pixels of ``src_size`` (H, W) to pixels of ``dst_size``.
+
+    Only the vector values change; the map itself is not resampled.
+    """
+    sy = dst_size[0] / src_size[0]
+    sx = dst_size[1] / src_size[1]
+    return torch.cat((flow[:, 0:1] * sx, flow[:, 1:2] * sy), dim=1)
+
+
+def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resamples a map ``[B, C, H, W]`` to ``size`` (h, w) without changing its values' meaning.
+
+    Integer down-scaling averages each block (the pooling the official NetWarp model applies before its
+    FlowCNN); any other ratio falls back to bilinear interpolation with ``align_corners=False``. The branch
+    depends only on static shapes, so it is resolved at trace time.
+    """
+    h, w = int(size[0]), int(size[1])
+    in_h, in_w = int(x.shape[-2]), int(x.shape[-1])
+    if (in_h, in_w) == (h, w):
+        return x
+    if in_h % h == 0 and in_w % w == 0:
+        kernel = (in_h // h, in_w // w)
+        return F.avg_pool2d(x, kernel_size=kernel, stride=kernel)
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def resize_flow(flow: Tensor, size: tuple[int, int], *, pool: bool = False) -> Tensor:
+    """Resizes reverse flow ``[B, 2, Hf, Wf]`` to ``size`` (h, w) and rescales its vectors to match.
+
+    Args:
+        flow: Flow in pixels of its own resolution (channel 0 = dx, channel 1 = dy).
+        size: Target (h, w).
+        pool: Use :func:`resize_to` (block averaging for integer down-scaling) instead of plain bilinear
+            interpolation, which is what :func:`warp` uses.
+
+    Returns:
+        Flow ``[B, 2, h, w]`` in pixels of the target resolution.
+    """
+    src = (int(flow.shape[-2]), int(flow.shape[-1]))
+    dst = (int(size[0]), int(size[1]))
+    if src == dst:
+        return flow
+    if pool:
+        resized = resize_to(flow, dst)
+    else:
+        resized = F.interpolate(flow, size=dst, mode="bilinear", align_corners=False)
+    return scale_flow(resized, src, dst)
+
+
+def sampling_grid(flow: Tensor) -> Tensor:
+    """Turns reverse flow ``[B, 2, H, W]`` (pixels) into a ``grid_sample`` grid ``[B, H, W, 2]``."""
+    h, w = int(flow.shape[-2]), int(flow.shape[-1])
+    xs = torch.arange(w, dtype=flow.dtype, device=flow.device).view(1, 1, w)
+    ys = torch.arange(h, dtype=flow.dtype, device=flow.device).view(1, h, 1)
+    # Absolute sample position p = x + flow(x), normalised with the pixel-centre convention.
+    gx = (2.0 * (xs + flow[:, 0] + 0.5)) / w - 1.0
+    gy = (2.0 * (ys + flow[:, 1] + 0.5)) / h - 1.0
+    return torch.stack((gx, gy), dim=-1)
+
+
+def warp(x: Tensor, flow: Tensor, eps: float = FLOW_EPS) -> Tensor:
+    """Backward-warps ``x`` from frame t-1 into frame t with reverse flow.
+
+    ``out[..., y, x] = x_in[..., y + dy, x + dx]`` sampled bilinearly; positions outside the map are clamped
+    to the border.
+
+    Args:
+        x: Map of frame t-1, ``[B, C, H, W]``.
+        flow: Reverse flow ``[B, 2, Hf, Wf]`` in pixels of its own resolution; it is bilinearly resized to
+            ``(H, W)`` and its vectors rescaled by ``W / Wf`` (dx) and ``H / Hf`` (dy).
+        eps: Pixels added to the flow (see :data:`FLOW_EPS`); 0 gives exact integer shifts.
+
+    Returns:
+        The warped map, ``[B, C, H, W]``, same dtype as ``x``.
+    """
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    # Positions are built in float32 even for half-precision maps: fp16 cannot resolve sub-pixel offsets
+    # of coordinates in the hundreds. Only the final normalised grid is cast.
+    flow = resize_flow(flow.float(), size)
+    if eps:
+        flow = flow + eps
+    grid = sampling_grid(flow).to(x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
