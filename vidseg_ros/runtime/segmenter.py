@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -57,10 +58,12 @@ class Segmenter:
         self._mean = torch.tensor(meta.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(meta.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self.flow = None
+        self.flow_size = (max(1, self.input_size[0] // flow_downscale), max(1, self.input_size[1] // flow_downscale))
         if model.uses_motion:
             from vidseg_ros.motion.flow import DISFlow
 
-            self.flow = DISFlow(downscale=flow_downscale)
+            # Frames are shrunk to flow_size here (once per frame, kept for the next one), so DIS gets them as is.
+            self.flow = DISFlow(downscale=1.0)
 
     @property
     def uses_motion(self) -> bool:
@@ -76,14 +79,13 @@ class Segmenter:
         image = (x - self._mean) / self._std
         gray = None
         if self.flow is not None:
-            small = self.flow.prepare(rgb, (w, h))
-            gray = small
+            gray = cv2.cvtColor(cv2.resize(rgb, self.flow_size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
         return FrameTensors(image=image, gray=gray)
 
     def motion(self, current: FrameTensors, previous: FrameTensors) -> torch.Tensor:
         """Reverse flow t -> t-1 as a ``[1, 2, h, w]`` tensor on the model's device."""
         assert self.flow is not None and current.gray is not None and previous.gray is not None
-        flow = self.flow.compute(current.gray, previous.gray)
+        flow = self.flow(current.gray, previous.gray)
         return torch.from_numpy(flow).unsqueeze(0).to(self.device)
 
     @torch.inference_mode()

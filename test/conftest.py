@@ -1,0 +1,43 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+# Every test run gets its own DDS domain and stays on loopback, so parallel runs (and other ROS graphs on the
+# machine) never see each other's topics.
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Factory: a small, untrained but real checkpoint of ``method`` (cached per method for the session)."""
+    import torch
+
+    from vidseg_ros.classes import SYNTH_CLASSES, SYNTH_PALETTE
+    from vidseg_ros.models.registry import arch_config, build_model
+    from vidseg_ros.runtime.checkpoint import ModelMeta, save_checkpoint
+
+    cache: dict[str, Path] = {}
+
+    def make(method: str = "perframe", **options) -> Path:
+        key = f"{method}-{sorted(options.items())}"
+        if key not in cache:
+            torch.manual_seed(0)
+            model = build_model(method, backbone="mobilenetv2", width_mult=0.25, num_classes=len(SYNTH_CLASSES),
+                                **options)
+            meta = ModelMeta(method=method, arch=arch_config(model), classes=list(SYNTH_CLASSES),
+                             palette=[list(c) for c in SYNTH_PALETTE], input_size=[96, 64],
+                             recipe={"note": "untrained test model"})
+            cache[key] = save_checkpoint(tmp_path_factory.mktemp("ckpt") / f"{method}.pt", model, meta)
+        return cache[key]
+
+    return make
