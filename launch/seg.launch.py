@@ -6,11 +6,12 @@
 Everything else lives in the parameter file (``config:=...``); the arguments below override it only when given.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 # launch argument -> node parameter; an empty argument leaves the config file's value alone.
 OVERRIDES = {
@@ -44,11 +45,15 @@ def generate_launch_description() -> LaunchDescription:
     default_config = [FindPackageShare("vidseg_ros"), "/config/seg.yaml"]
     return LaunchDescription(
         [
-            DeclareLaunchArgument("image", default_value="/camera/image_raw", description="Input image topic."),
+            DeclareLaunchArgument(
+                "image", default_value="/camera/image_raw", description="Input image topic."
+            ),
             DeclareLaunchArgument("config", default_value=default_config, description="Parameter file."),
             DeclareLaunchArgument("namespace", default_value="", description="Node namespace."),
             DeclareLaunchArgument(
-                "checkpoint", default_value="", description="Checkpoint file or shipped name (selects the method)."
+                "checkpoint",
+                default_value="",
+                description="Checkpoint file or shipped name (selects the method).",
             ),
             DeclareLaunchArgument("device", default_value="", description="auto | cpu | cuda."),
             DeclareLaunchArgument("reliability", default_value="", description="best_effort | reliable."),

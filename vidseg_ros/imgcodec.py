@@ -24,7 +24,9 @@ class ImageDecodeError(ValueError):
     """A buffer that cannot be an image of the stated size and encoding."""
 
 
-def decode_image(encoding: str, width: int, height: int, step: int, data: bytes | memoryview | np.ndarray) -> np.ndarray:
+def decode_image(
+    encoding: str, width: int, height: int, step: int, data: bytes | memoryview | np.ndarray
+) -> np.ndarray:
     """Return the image as a ``[height, width, 3]`` uint8 RGB array.
 
     ``step`` is honoured (rows may be padded). All supported encodings have 8-bit channels, so
@@ -37,13 +39,17 @@ def decode_image(encoding: str, width: int, height: int, step: int, data: bytes 
     """
     layout = _LAYOUTS.get(encoding)
     if layout is None:
-        raise ImageDecodeError(f"unsupported encoding '{encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+        raise ImageDecodeError(
+            f"unsupported encoding '{encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)})"
+        )
     channels, order = layout
     if width <= 0 or height <= 0:
         raise ImageDecodeError(f"zero-size image ({width}x{height})")
     row_bytes = width * channels
     if step < row_bytes:
-        raise ImageDecodeError(f"step {step} is smaller than a row of {width} {encoding} pixels ({row_bytes} bytes)")
+        raise ImageDecodeError(
+            f"step {step} is smaller than a row of {width} {encoding} pixels ({row_bytes} bytes)"
+        )
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
     needed = step * height
     if buf.size != needed:

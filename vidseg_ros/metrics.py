@@ -15,7 +15,9 @@ import numpy as np
 from vidseg_ros.classes import IGNORE_INDEX
 
 
-def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, valid: np.ndarray | None = None) -> np.ndarray:
+def confusion(
+    pred: np.ndarray, gt: np.ndarray, num_classes: int, valid: np.ndarray | None = None
+) -> np.ndarray:
     """``[C, C]`` counts, rows = ground truth, columns = prediction; ignore-label pixels are skipped."""
     keep = gt != IGNORE_INDEX
     if valid is not None:
@@ -23,7 +25,9 @@ def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, valid: np.ndar
     g = gt[keep].astype(np.int64)
     p = pred[keep].astype(np.int64)
     inside = (g < num_classes) & (p < num_classes)
-    return np.bincount(g[inside] * num_classes + p[inside], minlength=num_classes**2).reshape(num_classes, num_classes)
+    return np.bincount(g[inside] * num_classes + p[inside], minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
 
 
 def iou_per_class(cm: np.ndarray) -> np.ndarray:
@@ -55,8 +59,13 @@ def warp_labels(labels: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """Sample ``labels`` at ``x + flow(x)`` with nearest neighbour (ids must not be interpolated)."""
     h, w = labels.shape
     grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(labels, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_NEAREST,
-                     borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(
+        labels,
+        grid_x + flow[..., 0],
+        grid_y + flow[..., 1],
+        cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
 
 
 @dataclass
@@ -74,7 +83,11 @@ class SequenceMetrics:
 
     def __post_init__(self) -> None:
         shape = (self.num_classes, self.num_classes)
-        self.cm, self.cm_trimap, self.cm_tc = np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+        self.cm, self.cm_trimap, self.cm_tc = (
+            np.zeros(shape, np.int64),
+            np.zeros(shape, np.int64),
+            np.zeros(shape, np.int64),
+        )
 
     def reset_sequence(self) -> None:
         self._prev = None
@@ -102,5 +115,5 @@ class SequenceMetrics:
             "miou": mean_iou(self.cm),
             "trimap_iou": mean_iou(self.cm_trimap),
             "tc": mean_iou(self.cm_tc) if self.cm_tc.any() else float("nan"),
-            "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(class_names, per_class)},
+            "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(class_names, per_class, strict=False)},
         }

@@ -29,4 +29,4 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, lut: np.ndarray, alpha: float = 0
     colours = lut[mask].astype(np.uint16)
     a = int(round(alpha * 256))
     # Integer blend: about 3x faster than float32 at 640x480 and within 1 LSB of it.
-    return ((rgb.astype(np.uint16) * (256 - a) + colours * a) >> 8).astype(np.uint8)
+    return ((rgb.astype(np.uint16) * (256 - a) + colours * a + 128) >> 8).astype(np.uint8)

@@ -36,7 +36,9 @@ def seg_node_exe() -> str:
 class NodeProcess:
     """``seg_node --ros-args --params-file config/seg.yaml -r image:=TOPIC -p k:=v ...`` as a child process."""
 
-    def __init__(self, image_topic: str, params: dict[str, object] | None = None, *, name: str = "vidseg") -> None:
+    def __init__(
+        self, image_topic: str, params: dict[str, object] | None = None, *, name: str = "vidseg"
+    ) -> None:
         args = [seg_node_exe(), "--ros-args", "--params-file", str(CONFIG), "-r", f"image:={image_topic}"]
         if name != "vidseg":
             args += ["-r", f"__node:={name}"]
@@ -86,7 +88,9 @@ class Harness:
         "timing": ("semantic_mask/timing", DiagnosticArray),
     }
 
-    def __init__(self, image_topic: str, ns: str = "/", *, outputs: tuple[str, ...] = ("mask", "timing")) -> None:
+    def __init__(
+        self, image_topic: str, ns: str = "/", *, outputs: tuple[str, ...] = ("mask", "timing")
+    ) -> None:
         self.node = rclpy.create_node(f"vidseg_test_{os.getpid()}_{abs(hash(image_topic)) % 10000}")
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.pub = self.node.create_publisher(Image, image_topic, reliable)
@@ -98,8 +102,12 @@ class Harness:
             topic, kind = self.OUTPUTS[key]
             self.node.create_subscription(kind, f"{prefix}/{topic}", self._recorder(key), reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._recorder("diagnostics"), 10)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.node.create_subscription(String, f"{prefix}/semantic_mask/classes", self._recorder("classes"), latched)
+        latched = QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+        )
+        self.node.create_subscription(
+            String, f"{prefix}/semantic_mask/classes", self._recorder("classes"), latched
+        )
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)

@@ -50,9 +50,14 @@ def test_masks_keep_header_and_size_for_every_encoding(running):
     ]
     masks = _send_and_wait(harness, sent, len(sent))
     assert len(masks) == len(sent), node.output
-    for src, mask in zip(sent, masks):
+    for src, mask in zip(sent, masks, strict=True):
         assert mask.header == src.header
-        assert (mask.width, mask.height, mask.encoding, mask.step) == (src.width, src.height, "mono8", src.width)
+        assert (mask.width, mask.height, mask.encoding, mask.step) == (
+            src.width,
+            src.height,
+            "mono8",
+            src.width,
+        )
         assert max(mask.data) < 9  # class ids of the 9-class model
     harness.wait_for(lambda: len(harness.messages("overlay")) >= len(sent))
     for key in ("color", "overlay"):
@@ -62,7 +67,15 @@ def test_masks_keep_header_and_size_for_every_encoding(running):
     timings = harness.messages("timing")
     assert [t.header for t in timings] == [s.header for s in sent]
     values = timing_values(timings[-1])
-    for key in ("decode_ms", "motion_ms", "inference_ms", "postprocess_ms", "publish_ms", "total_ms", "key_frame"):
+    for key in (
+        "decode_ms",
+        "motion_ms",
+        "inference_ms",
+        "postprocess_ms",
+        "publish_ms",
+        "total_ms",
+        "key_frame",
+    ):
         assert key in values
     assert float(values["total_ms"]) >= float(values["inference_ms"]) > 0
 
@@ -100,7 +113,10 @@ def test_bad_input_is_skipped_and_next_frame_answered(running, kind):
 
 def test_resolution_change_resets_state_and_is_answered(running):
     node, harness = running
-    sent = [frame(T0 + (60 + i) * STEP, width=w, height=h) for i, (w, h) in enumerate([(128, 96), (128, 96), (80, 60)])]
+    sent = [
+        frame(T0 + (60 + i) * STEP, width=w, height=h)
+        for i, (w, h) in enumerate([(128, 96), (128, 96), (80, 60)])
+    ]
     masks = _send_and_wait(harness, sent, 3)
     assert [(m.width, m.height) for m in masks] == [(128, 96), (128, 96), (80, 60)]
     resets = [timing_values(t)["reset"] for t in harness.messages("timing")]
@@ -130,8 +146,18 @@ def test_diagnostics_carry_documented_keys(running):
     status = next(s for s in harness.messages("diagnostics")[-1].status if s.name.endswith("segmentation"))
     keys = {kv.key for kv in status.values}
     expected = {
-        "input_rate_hz", "output_rate_hz", "dropped_frames", "latency_p50_ms", "latency_p95_ms", "latency_max_ms",
-        "node_latency_p50_ms", "backend", "device", "model", "mean_inference_ms", "mean_total_ms",
+        "input_rate_hz",
+        "output_rate_hz",
+        "dropped_frames",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "latency_max_ms",
+        "node_latency_p50_ms",
+        "backend",
+        "device",
+        "model",
+        "mean_inference_ms",
+        "mean_total_ms",
     }
     assert expected <= keys, keys - expected
 
@@ -167,15 +193,25 @@ def test_overload_keeps_latency_bounded_and_counts_drops(tiny_checkpoint):
     """Publishing at 3x the model's rate: the node keeps the newest frame, drops the rest and says so."""
     topic = "/vt_load/image"
     # A larger inference size makes the tiny model slow enough to overload on purpose.
-    node = NodeProcess(topic, {"model.checkpoint": tiny_checkpoint("perframe"), "model.device": "cpu",
-                               "model.width": 640, "model.height": 480}, name="vidseg_load")
+    node = NodeProcess(
+        topic,
+        {
+            "model.checkpoint": tiny_checkpoint("perframe"),
+            "model.device": "cpu",
+            "model.width": 640,
+            "model.height": 480,
+        },
+        name="vidseg_load",
+    )
     harness = Harness(topic)
     try:
         harness.wait_for_node(node)
         for i in range(5):  # warm-up and measure the model's own rate
             harness.publish(frame(T0 + i * STEP, width=320, height=240))
             harness.wait_for(lambda i=i: len(harness.messages("timing")) > i)
-        model_ms = float(np.median([float(timing_values(t)["total_ms"]) for t in harness.messages("timing")[1:]]))
+        model_ms = float(
+            np.median([float(timing_values(t)["total_ms"]) for t in harness.messages("timing")[1:]])
+        )
         harness.clear()
         period = model_ms / 3 / 1e3
         sent: dict[int, float] = {}
@@ -206,8 +242,16 @@ def test_overload_keeps_latency_bounded_and_counts_drops(tiny_checkpoint):
 
 def test_offline_mode_processes_every_frame_in_order(tiny_checkpoint):
     topic = "/vt_offline/image"
-    node = NodeProcess(topic, {"model.checkpoint": tiny_checkpoint("perframe"), "realtime": False,
-                               "qos.reliability": "reliable", "model.device": "cpu"}, name="vidseg_offline")
+    node = NodeProcess(
+        topic,
+        {
+            "model.checkpoint": tiny_checkpoint("perframe"),
+            "realtime": False,
+            "qos.reliability": "reliable",
+            "model.device": "cpu",
+        },
+        name="vidseg_offline",
+    )
     harness = Harness(topic)
     try:
         harness.wait_for_node(node)

@@ -16,16 +16,16 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rcl_interfaces.msg import SetParametersResult
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from vidseg_ros.config import PARAMS, SPECS, NodeConfig
+from vidseg_ros.config import SPECS, NodeConfig
 from vidseg_ros.imgcodec import ImageDecodeError
 from vidseg_ros.palette import colorize, overlay, palette_lut
 from vidseg_ros.ros.convert import image_to_rgb, make_image
@@ -110,9 +110,13 @@ class SegNode(LifecycleNode):
         ):
             self._pubs[key] = self.create_publisher(kind, topic, out_qos)
         self._pubs["diagnostics"] = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        latched = QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+        )
         self._pubs["classes"] = self.create_publisher(String, "semantic_mask/classes", latched)
-        classes = [{"id": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(zip(meta.classes, meta.palette))]
+        classes = [
+            {"id": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(zip(meta.classes, meta.palette, strict=True))
+        ]
         self._pubs["classes"].publish(String(data=json.dumps({"classes": classes, "model": meta.name})))
         w, h = self.segmenter.input_size
         self.get_logger().info(
@@ -124,12 +128,18 @@ class SegNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         cfg = self.config
         realtime = cfg["realtime"]
-        reliability = ReliabilityPolicy.RELIABLE if cfg["qos.reliability"] == "reliable" else ReliabilityPolicy.BEST_EFFORT
+        reliability = (
+            ReliabilityPolicy.RELIABLE
+            if cfg["qos.reliability"] == "reliable"
+            else ReliabilityPolicy.BEST_EFFORT
+        )
         # Offline processing must not lose frames in the DDS reader either, hence KEEP_ALL.
         history = HistoryPolicy.KEEP_LAST if realtime else HistoryPolicy.KEEP_ALL
         qos = QoSProfile(depth=cfg["qos.depth"], history=history, reliability=reliability)
         if not realtime and reliability != ReliabilityPolicy.RELIABLE:
-            self.get_logger().warning("realtime is false but qos.reliability is best_effort: frames can be lost")
+            self.get_logger().warning(
+                "realtime is false but qos.reliability is best_effort: frames can be lost"
+            )
         self._running = True
         if realtime:
             self._worker = threading.Thread(target=self._work, name="vidseg-worker", daemon=True)

@@ -14,7 +14,9 @@ def descriptor(spec: ParamSpec) -> ParameterDescriptor:
         desc.additional_constraints = "one of: " + ", ".join(spec.choices)
     if spec.min is not None and spec.max is not None:
         if isinstance(spec.default, float):
-            desc.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max))]
+            desc.floating_point_range = [
+                FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max))
+            ]
         elif isinstance(spec.default, int) and not isinstance(spec.default, bool):
             desc.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=1)]
     return desc

@@ -71,7 +71,9 @@ def file_hash(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: VideoSegModel, meta: ModelMeta, *, half: bool = True) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike[str], model: VideoSegModel, meta: ModelMeta, *, half: bool = True
+) -> Path:
     """Write ``model`` and ``meta`` atomically; ``half`` stores floating tensors as fp16 to keep files small."""
     state = {
         k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu())
@@ -120,9 +122,9 @@ def build_from_meta(meta: ModelMeta) -> VideoSegModel:
         raise CheckpointError(f"cannot build model '{meta.method}' with {arch}: {e}") from e
 
 
-def load_checkpoint(path: str | os.PathLike[str] | None, *, device: str | torch.device = "cpu") -> tuple[
-    VideoSegModel, ModelMeta
-]:
+def load_checkpoint(
+    path: str | os.PathLike[str] | None, *, device: str | torch.device = "cpu"
+) -> tuple[VideoSegModel, ModelMeta]:
     """Build the model a checkpoint describes, load its weights and put it in eval mode on ``device``."""
     resolved = resolve_checkpoint(path)
     meta, state = read_checkpoint(resolved)

@@ -58,7 +58,10 @@ class Segmenter:
         self._mean = torch.tensor(meta.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(meta.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self.flow = None
-        self.flow_size = (max(1, self.input_size[0] // flow_downscale), max(1, self.input_size[1] // flow_downscale))
+        self.flow_size = (
+            max(1, self.input_size[0] // flow_downscale),
+            max(1, self.input_size[1] // flow_downscale),
+        )
         if model.uses_motion:
             from vidseg_ros.motion.flow import DISFlow
 
@@ -79,7 +82,9 @@ class Segmenter:
         image = (x - self._mean) / self._std
         gray = None
         if self.flow is not None:
-            gray = cv2.cvtColor(cv2.resize(rgb, self.flow_size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+            gray = cv2.cvtColor(
+                cv2.resize(rgb, self.flow_size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY
+            )
         return FrameTensors(image=image, gray=gray)
 
     def motion(self, current: FrameTensors, previous: FrameTensors) -> torch.Tensor:

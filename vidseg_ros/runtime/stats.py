@@ -64,7 +64,9 @@ class NodeStats:
         with self._lock:
             self.resets += 1
 
-    def on_output(self, now: float, latency_ms: float, node_latency_ms: float, stages_ms: dict[str, float]) -> None:
+    def on_output(
+        self, now: float, latency_ms: float, node_latency_ms: float, stages_ms: dict[str, float]
+    ) -> None:
         """``latency_ms`` runs from the header stamp, ``node_latency_ms`` from the frame's arrival."""
         with self._lock:
             self.outputs += 1

@@ -83,7 +83,9 @@ class Stream:
             return True
         return interval > 1 and h.since_key + 1 >= interval
 
-    def step(self, rgb: np.ndarray, stamp_ns: int, *, encoding: str = "rgb8", frame_id: str = "") -> StepResult:
+    def step(
+        self, rgb: np.ndarray, stamp_ns: int, *, encoding: str = "rgb8", frame_id: str = ""
+    ) -> StepResult:
         """Segment one ``[H, W, 3]`` uint8 RGB frame, continuing (or resetting) the temporal state."""
         shape = (int(rgb.shape[0]), int(rgb.shape[1]))
         reason = self.reset_reason(stamp_ns, shape, encoding, frame_id)
