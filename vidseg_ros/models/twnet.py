@@ -1,0 +1,259 @@
+"""TWNet (Feng, Li, Li): key frames through the full CNN, non-key frames warp deep decoder features.
+
+Key frames run the per-frame model unchanged (the *key-frame CNN*). A non-key frame warps the previous frame's
+decoder features at one *warp point* with the flow, and recomputes only what is shallower than it with the
+*non-key frame CNN* (NKFC, a fine-tunable copy of the key CNN's shallow encoder stages, the remaining
+lateral/top-down layers and the classifier). ``warp_layer`` picks the warp point in our FPN (see
+:mod:`vidseg_ros.models.fpn`):
+
+==========  ===========  ============================  ==========================  ====================
+warp_layer  warped       NKFC encoder stages           laterals recomputed          CFR spatial input
+==========  ===========  ============================  ==========================  ====================
+1           p4 (s16)     c2, c3 (stride 8)             c3, c2                       c3 pooled to s16
+2           p3 (s8)      c2 (stride 4)                 c2                           c2 pooled to s8
+3           p2 (s4)      c2 (only for CFR)             none (classifier only)       c2
+==========  ===========  ============================  ==========================  ====================
+
+Correction (``correction=True``), applied to the warped features ``w`` at the warp point::
+
+    residual  = CFR(concat[w, spatial])                     one depthwise-separable 3x3 conv
+    attention = sigmoid(conv3x3(resize(mean_c |I_t - warp(I_{t-1})|)))      RGA, at flow resolution
+    corrected = w + attention * residual
+
+CFR's output conv is zero-initialised, so an untrained correction equals the warp-only variant. The corrected
+features are the state (and are what the next non-key frame warps); the stage-2 L2 consistency loss compares
+them with :meth:`TWNetModel.key_features` of the same frame.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vidseg_ros.models.backbones import LEVELS
+from vidseg_ros.models.base import State, VideoSegModel
+from vidseg_ros.models.fpn import DECODER_LEVELS, LATERAL_OF, merge, upsample_logits
+from vidseg_ros.models.netwarp import load_image_weights
+from vidseg_ros.models.perframe import DECODER_CHANNELS, PerFrameModel
+from vidseg_ros.motion.warp import resize_to, warp
+
+#: Decoder feature warped on non-key frames, per ``warp_layer``.
+WARP_POINTS: dict[int, str] = {1: "p4", 2: "p3", 3: "p2"}
+#: Encoder level whose features feed CFR, per ``warp_layer``.
+SPATIAL_LEVEL: dict[int, str] = {1: "c3", 2: "c2", 3: "c2"}
+DEFAULT_KEY_INTERVAL = 12
+
+
+def validate_warp_layer(warp_layer: int) -> int:
+    if isinstance(warp_layer, bool) or warp_layer not in WARP_POINTS:
+        raise ValueError(f"warp_layer must be one of {sorted(WARP_POINTS)}, got {warp_layer!r}")
+    return int(warp_layer)
+
+
+class NonKeyCNN(nn.Module):
+    """Shallow encoder stages, the top-down layers below the warp point and the classifier, copied."""
+
+    def __init__(self, key_cnn: PerFrameModel, warp_layer: int, need_spatial: bool) -> None:
+        super().__init__()
+        warp_point = WARP_POINTS[warp_layer]
+        below = DECODER_LEVELS[DECODER_LEVELS.index(warp_point) + 1 :]
+        self.top_down = tuple(LATERAL_OF[p] for p in below)
+        needed = set(self.top_down) | ({SPATIAL_LEVEL[warp_layer]} if need_spatial else set())
+        deepest = max((LEVELS.index(level) for level in needed), default=-1)
+        self.encoder_levels = LEVELS[: deepest + 1]
+        self.stages = nn.ModuleDict({level: nn.Sequential() for level in self.encoder_levels})
+        self.lateral = nn.ModuleDict({level: nn.Sequential() for level in self.top_down})
+        self.smooth = nn.ModuleDict({level: nn.Sequential() for level in self.top_down})
+        self.classifier = nn.Conv2d(1, 1, 1)
+        self.copy_from(key_cnn)
+
+    def copy_from(self, key_cnn: PerFrameModel) -> None:
+        """Re-creates every NKFC module as a copy of the key CNN's (weights, buffers, train/eval mode)."""
+        for level in self.encoder_levels:
+            self.stages[level] = nn.Sequential(*copy.deepcopy(key_cnn.backbone.stage_modules(level)))
+        for level in self.top_down:
+            self.lateral[level] = copy.deepcopy(key_cnn.decoder.lateral[level])
+            self.smooth[level] = copy.deepcopy(key_cnn.decoder.smooth[level])
+        self.classifier = copy.deepcopy(key_cnn.decoder.classifier)
+        for p in self.parameters():
+            p.requires_grad_(True)
+
+    def encode(self, image: Tensor) -> dict[str, Tensor]:
+        feats: dict[str, Tensor] = {}
+        x = image
+        for level in self.encoder_levels:
+            x = self.stages[level](x)
+            feats[level] = x
+        return feats
+
+    def decode(self, x: Tensor, feats: dict[str, Tensor]) -> Tensor:
+        """Top-down from the (corrected) warp-point features to stride-4 logits."""
+        for level in self.top_down:
+            x = merge(self.lateral[level], self.smooth[level], feats[level], x)
+        return self.classifier(x)
+
+
+class CFR(nn.Module):
+    """Correction of warped features: one depthwise-separable 3x3 conv over ``[warped, spatial]``."""
+
+    def __init__(self, channels: int, spatial_channels: int) -> None:
+        super().__init__()
+        cin = channels + spatial_channels
+        self.depthwise = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
+        self.pointwise = nn.Conv2d(cin, channels, 1)
+        nn.init.zeros_(self.pointwise.weight)
+        nn.init.zeros_(self.pointwise.bias)
+
+    def forward(self, warped: Tensor, spatial: Tensor) -> Tensor:
+        return self.pointwise(self.depthwise(torch.cat((warped, spatial), dim=1)))
+
+
+class RGA(nn.Module):
+    """Residual-guided attention: ``sigmoid(conv3x3(residual))``, residual = mean_c |I_t - warp(I_{t-1})|.
+
+    The residual is measured at the flow's resolution (where the motion was estimated; usually a fraction of
+    the input, which keeps this cheap) and then averaged down to the feature resolution. Initialised to a
+    constant 0.5 (zero weights); it learns once CFR produces a non-zero residual.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, image: Tensor, prev_image: Tensor, flow: Tensor, size: tuple[int, int]) -> Tensor:
+        motion_size = (int(flow.shape[-2]), int(flow.shape[-1]))
+        image = resize_to(image, motion_size)
+        prev_image = resize_to(prev_image, motion_size)
+        residual = (image - warp(prev_image, flow)).abs().mean(dim=1, keepdim=True)
+        return torch.sigmoid(self.conv(resize_to(residual, size)))
+
+
+class TWNetModel(VideoSegModel):
+    """TWNet with a per-frame key CNN, NKFC, and optional CFR + RGA correction.
+
+    Args:
+        num_classes, backbone, width_mult, decoder_channels: Those of the key-frame CNN.
+        warp_layer: 1, 2 or 3: warp ``p4``, ``p3`` or ``p2`` (see the module docstring).
+        correction: Add CFR and RGA; ``False`` gives the warp-only variant.
+        key_interval: Default key-frame interval (GOP 12 in the paper).
+
+    State: ``{warp_point: features}``, e.g. ``{"p4": [B, decoder_channels, H/16, W/16]}`` for warp_layer 1;
+    the key CNN's features after a key frame, the corrected features after a non-key frame.
+
+    Stage-2 training: :meth:`from_image_model` (or :meth:`load_image_weights`), :meth:`freeze_key_cnn`, then
+    train on ``nonkey_step`` with CE + 10 * MSE(state[warp_point], key_features(image)[warp_point]).
+    """
+
+    method = "twnet"
+    uses_motion = True
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        backbone: str = "mobilenetv2",
+        width_mult: float = 1.0,
+        decoder_channels: int = DECODER_CHANNELS,
+        warp_layer: int = 1,
+        correction: bool = True,
+        key_interval: int = DEFAULT_KEY_INTERVAL,
+    ) -> None:
+        super().__init__()
+        self.warp_layer = validate_warp_layer(warp_layer)
+        if not isinstance(correction, bool):
+            raise ValueError(f"correction must be a bool, got {correction!r}")
+        if isinstance(key_interval, bool) or not isinstance(key_interval, int) or key_interval < 1:
+            raise ValueError(f"key_interval must be an int >= 1, got {key_interval!r}")
+        self.correction = correction
+        self.key_interval = key_interval
+        self.warp_point = WARP_POINTS[self.warp_layer]
+        self.spatial_level = SPATIAL_LEVEL[self.warp_layer]
+        self.key_cnn = PerFrameModel(
+            num_classes=num_classes,
+            backbone=backbone,
+            width_mult=width_mult,
+            decoder_channels=decoder_channels,
+        )
+        self.nkfc = NonKeyCNN(self.key_cnn, self.warp_layer, need_spatial=correction)
+        self.cfr: CFR | None = None
+        self.rga: RGA | None = None
+        if correction:
+            self.cfr = CFR(decoder_channels, self.key_cnn.backbone.channels[self.spatial_level])
+            self.rga = RGA()
+        self._key_frozen = False
+
+    @classmethod
+    def from_image_model(
+        cls,
+        image_model: PerFrameModel,
+        *,
+        warp_layer: int = 1,
+        correction: bool = True,
+        key_interval: int = DEFAULT_KEY_INTERVAL,
+    ) -> TWNetModel:
+        """A TWNet whose key CNN and NKFC are copies of ``image_model`` (weights included)."""
+        model = cls(
+            **image_model.config(), warp_layer=warp_layer, correction=correction, key_interval=key_interval
+        )
+        model.load_image_weights(image_model)
+        return model.to(next(image_model.parameters()).device)
+
+    def load_image_weights(self, source: PerFrameModel | dict[str, Tensor]) -> None:
+        """Loads per-frame weights into the key CNN and re-copies the NKFC from it."""
+        load_image_weights(self.key_cnn, source)
+        self.sync_nkfc()
+
+    def sync_nkfc(self) -> None:
+        """Resets the NKFC to a copy of the key CNN (the start of stage-2 training)."""
+        device = next(self.key_cnn.parameters()).device
+        self.nkfc.copy_from(self.key_cnn)
+        self.nkfc.to(device).train(self.training)
+
+    def freeze_key_cnn(self) -> None:
+        """Stops gradients into the key CNN and keeps it in eval mode (BN statistics frozen) from now on."""
+        self.key_cnn.requires_grad_(False)
+        self.key_cnn.eval()
+        self._key_frozen = True
+
+    def train(self, mode: bool = True) -> TWNetModel:
+        super().train(mode)
+        if self._key_frozen:
+            self.key_cnn.eval()
+        return self
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **self.key_cnn.config(),
+            "warp_layer": self.warp_layer,
+            "correction": self.correction,
+            "key_interval": self.key_interval,
+        }
+
+    @torch.no_grad()
+    def key_features(self, image: Tensor) -> State:
+        """The key CNN's features at the warp point for ``image``: the target of the L2 consistency loss."""
+        return {self.warp_point: self.key_cnn.features(image)[self.warp_point]}
+
+    def key_step(self, image: Tensor) -> tuple[Tensor, State]:
+        feats = self.key_cnn.features(image)
+        return feats["logits"], {self.warp_point: feats[self.warp_point]}
+
+    def nonkey_step(
+        self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
+    ) -> tuple[Tensor, State]:
+        warped = warp(state[self.warp_point], flow)
+        feats = self.nkfc.encode(image)
+        features = warped
+        if self.cfr is not None and self.rga is not None:
+            size = (int(warped.shape[-2]), int(warped.shape[-1]))
+            spatial = resize_to(feats[self.spatial_level], size)
+            attention = self.rga(image, prev_image, flow, size)
+            features = warped + attention * self.cfr(warped, spatial)
+        logits = self.nkfc.decode(features, feats)
+        logits = upsample_logits(logits, (int(image.shape[-2]), int(image.shape[-1])))
+        return logits, {self.warp_point: features}
