@@ -30,7 +30,6 @@ setup(
     maintainer_email="dev@vidseg.invalid",
     description="Online video semantic segmentation node with temporal feature state (NetWarp, TWNet).",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "seg_node = vidseg_ros.ros.node:main",

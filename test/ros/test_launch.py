@@ -13,7 +13,9 @@ def test_launch_file_compiles_and_maps_to_real_parameters():
     tree = ast.parse(LAUNCH.read_text(), filename=str(LAUNCH))
     compile(tree, str(LAUNCH), "exec")
     overrides = next(
-        node.value for node in ast.walk(tree) if isinstance(node, ast.Assign) and node.targets[0].id == "OVERRIDES"
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and node.targets[0].id == "OVERRIDES"
     )
     params = ast.literal_eval(overrides)
     assert {"checkpoint", "device"} <= set(params)

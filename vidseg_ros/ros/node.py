@@ -115,7 +115,8 @@ class SegNode(LifecycleNode):
         )
         self._pubs["classes"] = self.create_publisher(String, "semantic_mask/classes", latched)
         classes = [
-            {"id": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(zip(meta.classes, meta.palette, strict=True))
+            {"id": i, "name": n, "color": list(c)}
+            for i, (n, c) in enumerate(zip(meta.classes, meta.palette, strict=True))
         ]
         self._pubs["classes"].publish(String(data=json.dumps({"classes": classes, "model": meta.name})))
         w, h = self.segmenter.input_size
@@ -297,26 +298,28 @@ class SegNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``seg_node``; returns the process exit code."""
+    rclpy.init(args=args)
     node: SegNode | None = None
     try:
-        with rclpy.init(args=args):
-            try:
-                node = SegNode()
-            except (ValueError, ParameterException) as e:
-                print(f"seg_node: invalid parameter: {e}", file=sys.stderr)
+        try:
+            node = SegNode()
+        except (ValueError, ParameterException) as e:
+            print(f"seg_node: invalid parameter: {e}", file=sys.stderr)
+            return 1
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        if node.config["autostart"]:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 return 1
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            if node.config["autostart"]:
-                if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                    return 1
-                node.trigger_activate()
-            executor.spin()
+            node.trigger_activate()
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node is not None:
             node._stop_worker()
+            node.destroy_node()
+        rclpy.try_shutdown()
     return 0
 
 

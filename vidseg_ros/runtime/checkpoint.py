@@ -101,7 +101,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[ModelMeta, dict[str, 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt file; all mean the same
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a vidseg checkpoint: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a vidseg checkpoint ({first})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} file")
     try:
@@ -119,7 +120,7 @@ def build_from_meta(meta: ModelMeta) -> VideoSegModel:
     try:
         return build_model(meta.method, **arch)
     except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"cannot build model '{meta.method}' with {arch}: {e}") from e
+        raise CheckpointError(f"cannot build model '{meta.method}': {e}") from e
 
 
 def load_checkpoint(
@@ -128,7 +129,10 @@ def load_checkpoint(
     """Build the model a checkpoint describes, load its weights and put it in eval mode on ``device``."""
     resolved = resolve_checkpoint(path)
     meta, state = read_checkpoint(resolved)
-    model = build_from_meta(meta)
+    try:
+        model = build_from_meta(meta)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {resolved}: {e}") from e
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         model.load_state_dict(state)

@@ -1,0 +1,89 @@
+"""Stream: reset rules, key-frame policy, and equality with an offline pass over the same frames."""
+
+import numpy as np
+import pytest
+import torch
+
+from vidseg_ros.runtime.checkpoint import load_checkpoint
+from vidseg_ros.runtime.segmenter import Segmenter
+from vidseg_ros.runtime.stream import Stream
+
+S = 1_000_000_000
+
+
+def _frames(n: int, h: int = 48, w: int = 64) -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (h, w + 2 * n, 3), dtype=np.uint8)
+    return [np.ascontiguousarray(base[:, i : i + w]) for i in range(n)]  # a texture panning by 1 px per frame
+
+
+def _stream(tiny_checkpoint, method: str, **kwargs) -> Stream:
+    model, meta = load_checkpoint(tiny_checkpoint(method))
+    return Stream(Segmenter(model, meta, **kwargs), max_gap_s=0.5)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"stamp_ns": -S // 5 - 1}, "backwards"),
+        ({"stamp_ns": S}, "gap of"),
+        ({"shape": (40, 64)}, "size changed"),
+        ({"encoding": "bgr8"}, "encoding changed"),
+        ({"frame_id": "other"}, "frame_id changed"),
+    ],
+)
+def test_reset_rules(tiny_checkpoint, change, reason):
+    stream = _stream(tiny_checkpoint, "netwarp")
+    f0, f1 = _frames(2)
+    assert stream.step(f0, 0, frame_id="cam").reset_reason is None
+    r = stream.step(f1, S // 10, frame_id="cam")
+    assert r.reset_reason is None and not r.is_key
+    stamp = S // 10 + S // 10 + change.get("stamp_ns", 0)
+    frame = np.zeros(change["shape"] + (3,), np.uint8) if "shape" in change else f0
+    r = stream.step(
+        frame, stamp, encoding=change.get("encoding", "rgb8"), frame_id=change.get("frame_id", "cam")
+    )
+    assert reason in r.reset_reason and r.is_key
+    assert r.mask.shape == frame.shape[:2]
+    assert stream.resets == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "interval", "keys"),
+    [("perframe", None, [1] * 7), ("netwarp", None, [1] + [0] * 6), ("twnet", 3, [1, 0, 0, 1, 0, 0, 1])],
+)
+def test_key_frame_policy(tiny_checkpoint, method, interval, keys):
+    model, meta = load_checkpoint(tiny_checkpoint(method))
+    stream = Stream(Segmenter(model, meta, key_interval=interval))
+    got = [int(stream.step(f, i * S // 10).is_key) for i, f in enumerate(_frames(7))]
+    assert got == keys
+
+
+@pytest.mark.parametrize("method", ["netwarp", "twnet"])
+def test_stream_equals_offline_pass(tiny_checkpoint, method):
+    """Frame-by-frame state carried by Stream gives the same logits as an explicit offline loop."""
+    model, meta = load_checkpoint(tiny_checkpoint(method))
+    seg = Segmenter(model, meta, key_interval=3 if method == "twnet" else None)
+    stream = Stream(seg)
+    frames = _frames(6)
+    online = [stream.step(f, i * S // 10).mask for i, f in enumerate(frames)]
+
+    prepared = [seg.prepare(f) for f in frames]
+    offline, state = [], None
+    with torch.inference_mode():
+        for i, p in enumerate(prepared):
+            if state is None or (method == "twnet" and i % 3 == 0):
+                logits, state = model.key_step(p.image)
+            else:
+                flow = seg.motion(p, prepared[i - 1])
+                logits, state = model.nonkey_step(p.image, prepared[i - 1].image, flow, state)
+            offline.append(seg.to_mask(logits, frames[0].shape[:2]))
+    for a, b in zip(online, offline, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mask_is_upsampled_to_input_resolution(tiny_checkpoint):
+    stream = _stream(tiny_checkpoint, "perframe")
+    r = stream.step(np.zeros((123, 77, 3), np.uint8), 0)
+    assert r.mask.shape == (123, 77) and r.mask.dtype == np.uint8
+    assert set(r.timings_ms) == {"preprocess", "motion", "inference", "postprocess"}
