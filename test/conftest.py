@@ -32,11 +32,17 @@ def tiny_checkpoint(tmp_path_factory):
         key = f"{method}-{sorted(options.items())}"
         if key not in cache:
             torch.manual_seed(0)
-            model = build_model(method, backbone="mobilenetv2", width_mult=0.25, num_classes=len(SYNTH_CLASSES),
-                                **options)
-            meta = ModelMeta(method=method, arch=arch_config(model), classes=list(SYNTH_CLASSES),
-                             palette=[list(c) for c in SYNTH_PALETTE], input_size=[96, 64],
-                             recipe={"note": "untrained test model"})
+            model = build_model(
+                method, backbone="mobilenetv2", width_mult=0.25, num_classes=len(SYNTH_CLASSES), **options
+            )
+            meta = ModelMeta(
+                method=method,
+                arch=arch_config(model),
+                classes=list(SYNTH_CLASSES),
+                palette=[list(c) for c in SYNTH_PALETTE],
+                input_size=[96, 64],
+                recipe={"note": "untrained test model"},
+            )
             cache[key] = save_checkpoint(tmp_path_factory.mktemp("ckpt") / f"{method}.pt", model, meta)
         return cache[key]
 
