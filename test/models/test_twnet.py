@@ -70,6 +70,7 @@ def test_untrained_correction_equals_warp_only(warp_layer: int, frames: tuple[to
 def test_stage2_training_step(frames: tuple[torch.Tensor, ...]) -> None:
     image, prev, flow = frames
     model = TWNetModel.from_image_model(_image_model("mobilenetv2"), warp_layer=1)
+    assert TWNetModel(num_classes=3).warp_layer == 2
     model.freeze_key_cnn()
     model.train()
     assert not model.key_cnn.training and model.nkfc.training
@@ -114,11 +115,11 @@ def _gmacs(fn) -> float:  # noqa: ANN001
     return counter.get_total_flops() / 2e9
 
 
-@pytest.mark.parametrize("warp_layer", [1, 2, 3])
-def test_average_cost_at_key_interval_12(warp_layer: int) -> None:
-    # Full-width MobileNetV2 at a 1:2 aspect ratio; FLOP ratios do not depend on the absolute size.
+@pytest.mark.parametrize(("warp_layer", "width_mult"), [(1, 1.0), (2, 1.0), (3, 1.0), (2, 0.5), (3, 0.5)])
+def test_average_cost_at_key_interval_12(warp_layer: int, width_mult: float) -> None:
+    # Real widths at a 1:2 aspect ratio; MAC ratios barely depend on the absolute size.
     x = torch.randn(1, 3, 128, 256)
-    model = TWNetModel(num_classes=9, warp_layer=warp_layer).eval()
+    model = TWNetModel(num_classes=9, warp_layer=warp_layer, width_mult=width_mult).eval()
     _, state = model.key_step(x)
     key = _gmacs(lambda: model.key_step(x))
     nonkey = _gmacs(lambda: model.nonkey_step(x, x, torch.zeros(1, 2, 64, 128), state))

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from vidseg_ros.models.base import State, VideoSegModel
-from vidseg_ros.models.perframe import DECODER_CHANNELS, LAYERS, PerFrameModel
+from vidseg_ros.models.perframe import DECODER_CHANNELS, LAYERS, PerFrameModel, load_image_weights
 from vidseg_ros.motion.warp import resize_flow, resize_to, warp
 
 #: Default insertion layers: the deepest context features and the decoder output.
@@ -96,12 +96,6 @@ def validate_layers(layers: Sequence[str]) -> tuple[str, ...]:
     if len(set(layers)) != len(layers):
         raise ValueError(f"duplicate NetWarp layers in {list(layers)}")
     return tuple(name for name in LAYERS if name in layers)
-
-
-def load_image_weights(target: PerFrameModel, source: PerFrameModel | dict[str, Tensor]) -> None:
-    """Copies a per-frame model (or its state dict) into ``target``; architectures must match exactly."""
-    state = source.state_dict() if isinstance(source, nn.Module) else source
-    target.load_state_dict(state)
 
 
 class NetWarpModel(VideoSegModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from vidseg_ros.models.backbones import LEVELS, FeatureHook, build_backbone
 from vidseg_ros.models.base import State, VideoSegModel
@@ -84,3 +84,9 @@ class PerFrameModel(VideoSegModel):
         self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
     ) -> tuple[Tensor, State]:
         return self.key_step(image)
+
+
+def load_image_weights(target: PerFrameModel, source: PerFrameModel | dict[str, Tensor]) -> None:
+    """Copies a per-frame model (or its state dict) into ``target``; architectures must match exactly."""
+    state = source.state_dict() if isinstance(source, nn.Module) else source
+    target.load_state_dict(state)

@@ -13,7 +13,7 @@ from vidseg_ros.models.backbones import BACKBONES
 from vidseg_ros.models.base import VideoSegModel
 from vidseg_ros.models.netwarp import DEFAULT_LAYERS, NetWarpModel
 from vidseg_ros.models.perframe import DECODER_CHANNELS, PerFrameModel
-from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL, TWNetModel
+from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL, DEFAULT_WARP_LAYER, TWNetModel
 
 Builder = Callable[..., VideoSegModel]
 B = TypeVar("B", bound=Builder)
@@ -125,7 +125,7 @@ def _twnet(
     num_classes: int,
     width_mult: float,
     decoder_channels: int = DECODER_CHANNELS,
-    warp_layer: int = 1,
+    warp_layer: int = DEFAULT_WARP_LAYER,
     correction: bool = True,
     key_interval: int = DEFAULT_KEY_INTERVAL,
 ) -> TWNetModel:
