@@ -66,7 +66,7 @@ def test_resnet18_matches_torchvision_layout() -> None:
 
 def test_width_mult_channels() -> None:
     half = MobileNetV2(width_mult=0.5)
-    assert half.channels == {"c2": 16, "c3": 16, "c4": 48, "c5": 1280}
+    assert half.channels == {"c1": 8, "c2": 16, "c3": 16, "c4": 48, "c5": 1280}
     assert half.state_dict()["features.0.0.weight"].shape == (16, 3, 3, 3)
     assert MobileNetV2(width_mult=1.4).channels["c5"] == 1792
 
@@ -80,7 +80,8 @@ def test_feature_strides_and_upto(name: str) -> None:
     for level, stride in {"c2": 4, "c3": 8, "c4": 16, "c5": 32}.items():
         assert feats[level].shape == (1, bb.channels[level], 64 // stride, 96 // stride)
     partial = bb(x, upto="c3")
-    assert list(partial) == ["c2", "c3"]
+    assert list(partial) == ["c1", "c2", "c3"]
+    assert feats["c1"].shape == (1, bb.channels["c1"], 32, 48)
     torch.testing.assert_close(partial["c3"], feats["c3"], rtol=0, atol=0)
     with pytest.raises(ValueError, match="level"):
         bb(x, upto="c6")

@@ -95,14 +95,15 @@ def test_stage2_training_step(frames: tuple[torch.Tensor, ...]) -> None:
 def test_nkfc_is_an_independent_copy() -> None:
     image_model = _image_model("resnet18")
     model = TWNetModel.from_image_model(image_model, warp_layer=2)
-    assert list(model.nkfc.stages) == ["c2"] and list(model.nkfc.lateral) == ["c2"]
-    nk = model.nkfc.stages["c2"][0].weight
+    assert list(model.nkfc.stages) == ["c1", "c2"] and list(model.nkfc.lateral) == ["c2"]
+    nk = model.nkfc.stages["c1"][0].weight
     torch.testing.assert_close(nk, image_model.backbone.conv1.weight, rtol=0, atol=0)
     with torch.no_grad():
         nk.add_(1.0)
     assert not torch.equal(nk, model.key_cnn.backbone.conv1.weight)
     model.load_image_weights(image_model.state_dict())
-    torch.testing.assert_close(model.nkfc.stages["c2"][0].weight, image_model.backbone.conv1.weight)
+    torch.testing.assert_close(model.nkfc.stages["c1"][0].weight, image_model.backbone.conv1.weight)
+    assert list(TWNetModel(num_classes=3, warp_layer=3, **TINY["resnet18"]).nkfc.stages) == ["c1"]
     # The warp-only Layer 3 path needs no encoder at all.
     assert (
         list(TWNetModel(num_classes=3, warp_layer=3, correction=False, **TINY["resnet18"]).nkfc.stages) == []

@@ -2,7 +2,8 @@
 
 Module names reproduce torchvision's, so its ImageNet state dicts (``mobilenet_v2``, ``resnet18``) load
 directly, minus the classifier. Each encoder returns a dict of features at strides 4, 8, 16 and 32 named
-``c2``..``c5`` and can stop early (``upto``), which TWNet's cheap non-key path relies on.
+``c2``..``c5`` (the decoder's inputs), plus the stride-2 stem output ``c1``, and can stop early (``upto``),
+which TWNet's cheap non-key path relies on.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 #: Feature names, shallow to deep, with their stride.
-LEVELS: tuple[str, ...] = ("c2", "c3", "c4", "c5")
-STRIDES: dict[str, int] = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
+LEVELS: tuple[str, ...] = ("c1", "c2", "c3", "c4", "c5")
+STRIDES: dict[str, int] = {"c1": 2, "c2": 4, "c3": 8, "c4": 16, "c5": 32}
 
 #: Called after each level with (name, feature); its return value replaces the feature downstream.
 FeatureHook = Callable[[str, Tensor], Tensor]
@@ -41,7 +42,7 @@ def _check_upto(upto: str) -> None:
 
 
 class Backbone(nn.Module):
-    """Common interface: ``forward(x, upto="c5", hook=None) -> {"c2": ..., ...}``."""
+    """Common interface: ``forward(x, upto="c5", hook=None) -> {"c1": ..., "c2": ..., ...}``."""
 
     name: ClassVar[str] = ""
     #: Channels of each returned level.
@@ -50,7 +51,7 @@ class Backbone(nn.Module):
     classifier_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def stage_modules(self, level: str) -> list[nn.Module]:
-        """Modules that map the previous level (or the image for ``c2``) to ``level``, in order."""
+        """Modules that map the previous level (or the image for ``c1``) to ``level``, in order."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, upto: str = "c5", hook: FeatureHook | None = None) -> dict[str, Tensor]:
@@ -105,7 +106,8 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(Backbone):
     """MobileNetV2 encoder (``features.0`` .. ``features.18``) with a width multiplier.
 
-    Levels: ``c2`` = ``features[0:4]`` (stride 4), ``c3`` = ``[4:7]`` (8), ``c4`` = ``[7:14]`` (16),
+    Levels: ``c1`` = ``features[0:2]`` (stride 2), ``c2`` = ``[2:4]`` (4), ``c3`` = ``[4:7]`` (8),
+    ``c4`` = ``[7:14]`` (16),
     ``c5`` = ``[14:19]`` (32, including the final 1x1 conv to 1280 x max(1, width_mult) channels).
     """
 
@@ -121,7 +123,13 @@ class MobileNetV2(Backbone):
         (6, 160, 3, 2),
         (6, 320, 1, 1),
     )
-    SLICES: ClassVar[dict[str, tuple[int, int]]] = {"c2": (0, 4), "c3": (4, 7), "c4": (7, 14), "c5": (14, 19)}
+    SLICES: ClassVar[dict[str, tuple[int, int]]] = {
+        "c1": (0, 2),
+        "c2": (2, 4),
+        "c3": (4, 7),
+        "c4": (7, 14),
+        "c5": (14, 19),
+    }
 
     def __init__(self, width_mult: float = 1.0) -> None:
         super().__init__()
@@ -174,7 +182,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(Backbone):
-    """ResNet-18 encoder: ``c2`` = stem + ``layer1`` (stride 4), ``c3..c5`` = ``layer2..layer4``."""
+    """ResNet-18 encoder: ``c1`` = 7x7 stem (stride 2), ``c2`` = max-pool + ``layer1`` (4), ``c3..c5`` =
+    ``layer2..layer4``."""
 
     name = "resnet18"
     classifier_prefixes = ("fc.",)
@@ -189,12 +198,14 @@ class ResNet18(Backbone):
         self.layer2 = nn.Sequential(BasicBlock(64, 128, 2), BasicBlock(128, 128))
         self.layer3 = nn.Sequential(BasicBlock(128, 256, 2), BasicBlock(256, 256))
         self.layer4 = nn.Sequential(BasicBlock(256, 512, 2), BasicBlock(512, 512))
-        self.channels = {"c2": 64, "c3": 128, "c4": 256, "c5": 512}
+        self.channels = {"c1": 64, "c2": 64, "c3": 128, "c4": 256, "c5": 512}
         _init_weights(self)
 
     def stage_modules(self, level: str) -> list[nn.Module]:
+        if level == "c1":
+            return [self.conv1, self.bn1, self.relu]
         if level == "c2":
-            return [self.conv1, self.bn1, self.relu, self.maxpool, self.layer1]
+            return [self.maxpool, self.layer1]
         return [{"c3": self.layer2, "c4": self.layer3, "c5": self.layer4}[level]]
 
 

@@ -103,7 +103,7 @@ class NetWarpModel(VideoSegModel):
 
     Args:
         num_classes, backbone, width_mult, decoder_channels: Those of the wrapped image model.
-        layers: Insertion layers, any of ``c2``..``c5`` (encoder outputs, strides 4..32) and ``p5``..``p2``
+        layers: Insertion layers, any of ``c1``..``c5`` (encoder outputs, strides 2..32) and ``p5``..``p2``
             (decoder features, ``p2`` being the decoder output at stride 4). Default ``("c5", "p2")``.
 
     State: ``{layer: fused features}`` for each insertion layer, e.g. ``{"c5": [B, 1280, H/32, W/32],

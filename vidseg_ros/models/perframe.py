@@ -67,7 +67,7 @@ class PerFrameModel(VideoSegModel):
         return ch
 
     def features(self, image: Tensor, hook: FeatureHook | None = None) -> dict[str, Tensor]:
-        """All named features (``c2``..``c5``, ``p5``..``p2``) and ``logits`` at the input resolution.
+        """All named features (``c1``..``c5``, ``p5``..``p2``) and ``logits`` at the input resolution.
 
         ``hook(name, feature)`` is called after each named layer and its result replaces the feature for
         everything downstream; NetWarp fuses temporal information this way.

@@ -6,13 +6,17 @@ decoder features at one *warp point* with the flow, and recomputes only what is 
 lateral/top-down layers and the classifier). ``warp_layer`` picks the warp point in our FPN (see
 :mod:`vidseg_ros.models.fpn`):
 
-==========  ===========  ===============================  ======================  ==================
-warp_layer  warped       NKFC encoder stages              laterals recomputed     CFR spatial input
-==========  ===========  ===============================  ======================  ==================
-1           p4 (s16)     c2, c3 (stride 8)                c3, c2                  c3 pooled to s16
-2           p3 (s8)      c2 (stride 4)                    c2                      c2 pooled to s8
-3           p2 (s4)      c2 (for CFR; none if warp-only)  none (classifier only)  c2
-==========  ===========  ===============================  ======================  ==================
+==========  ===========  ================================  ======================  ==================
+warp_layer  warped       NKFC encoder stages               laterals recomputed     CFR spatial input
+==========  ===========  ================================  ======================  ==================
+1           p4 (s16)     c1..c3 (stride 8)                 c3, c2                  c3 pooled to s16
+2           p3 (s8)      c1, c2 (stride 4)                 c2                      c2 pooled to s8
+3           p2 (s4)      c1 (stride 2; none if warp-only)  none (classifier only)  c1 pooled to s4
+==========  ===========  ================================  ======================  ==================
+
+Layer 3 needs no lateral, so its CFR takes the stride-2 stem output: on CPUs MobileNetV2's stride-2/4 layers
+are memory-bound and cost about 60% of the per-frame time (25% of its MACs), so stopping at stride 2 is what
+makes that variant cheap in wall-clock time, not just in MACs.
 
 Correction (``correction=True``), applied to the warped features ``w`` at the warp point::
 
@@ -42,7 +46,7 @@ from vidseg_ros.motion.warp import resize_to, warp
 #: Decoder feature warped on non-key frames, per ``warp_layer``.
 WARP_POINTS: dict[int, str] = {1: "p4", 2: "p3", 3: "p2"}
 #: Encoder level whose features feed CFR, per ``warp_layer``.
-SPATIAL_LEVEL: dict[int, str] = {1: "c3", 2: "c2", 3: "c2"}
+SPATIAL_LEVEL: dict[int, str] = {1: "c3", 2: "c2", 3: "c1"}
 DEFAULT_KEY_INTERVAL = 12
 #: Layer 2 keeps the average cost at key interval 12 below 0.6x per-frame (in MACs) for every backbone and
 #: width; Layer 1 (the paper's more accurate setting) reaches ~0.60x with ResNet-18 and ~0.64x with
