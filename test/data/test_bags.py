@@ -95,6 +95,21 @@ def test_metadata_is_what_ros2_bag_play_expects(tmp_path):
         assert qos["reliability"] == "reliable" and qos["durability"] == "volatile"
 
 
+def test_messages_deserialise_with_ros_typesupport(tmp_path, expected):
+    """Where ROS 2 Python packages are installed, rclpy's own CDR decoder must read our bytes."""
+    serialization = pytest.importorskip("rclpy.serialization")
+    image_type = pytest.importorskip("sensor_msgs.msg").Image
+    path = tmp_path / "bag"
+    write_synth_bag(path, CFG, progress=False)
+    with open(path / "bag.mcap", "rb") as f:
+        raw = [(c.topic, m.data) for _, c, m in make_reader(f).iter_messages(topics=["/camera/image_raw"])]
+    assert len(raw) == CFG.frames
+    msg = serialization.deserialize_message(raw[1][1], image_type)
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == divmod(STAMPS[1], 10**9)
+    assert (msg.encoding, msg.width, msg.height, msg.header.frame_id) == ("rgb8", 96, 72, "camera")
+    assert bytes(msg.data) == expected[1][0].tobytes()
+
+
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_generic_writer_round_trips_images_and_diagnostics(tmp_path, storage):
     rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)

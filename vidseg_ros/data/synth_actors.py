@@ -8,6 +8,7 @@ walked, so their silhouettes change from frame to frame (the non-rigid class the
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -51,14 +52,25 @@ def _quad(a: tuple[float, float, float], b: tuple[float, float, float], axis: in
     return pts
 
 
-@lru_cache(maxsize=1024)
-def _car_model(car: Car, detail: bool) -> tuple[list[tuple[np.ndarray, int, str]], np.ndarray]:
-    """Polygons of a car in its local frame (x right, y up, z forward), in drawing order.
+class _CarModel(NamedTuple):
+    """A car's polygons in its local frame (x right, y up, z forward), in drawing order.
 
-    Returns ``(parts, normals)``: each part is ``(points, face, colour)`` where ``face`` indexes ``normals``
-    (the part is drawn only when that face looks at the camera, and is shaded by it) and ``colour`` is one
-    of paint/seam/glass/dark/hub/lamp/tail/plate.
+    ``parts`` are ``(start, end, face, colour)``: rows ``points[start:end]`` form a polygon, drawn only when
+    face ``face`` (an index into ``normals``) looks at the camera, and shaded by that face; ``colour`` is one
+    of paint/seam/glass/dark/hub/lamp/tail/plate. ``anchor[face]`` is a vertex on each face and ``hull`` the
+    corners whose convex hull is the car's silhouette.
     """
+
+    parts: list[tuple[int, int, int, str]]
+    points: np.ndarray
+    normals: np.ndarray
+    anchor: np.ndarray
+    hull: np.ndarray
+
+
+@lru_cache(maxsize=1024)
+def _car_model(car: Car, detail: bool) -> _CarModel:
+    """Builds (once per car and level of detail) the polygons :func:`draw_car` projects every frame."""
     hw, hl, y0, y1, top = car.width / 2, car.length / 2, 0.28, car.body_h, car.height
     suv = top > 1.65
     normals = [[0, 1, 0], [0, 0, 1], [0, 0, -1], [1, 0, 0], [-1, 0, 0]]  # top, front, back, right, left
@@ -129,9 +141,19 @@ def _car_model(car: Car, detail: bool) -> tuple[list[tuple[np.ndarray, int, str]
         parts.append((pts, len(normals) - 1, "paint"))
         if inset:
             parts.append((_inset(pts, inset), len(normals) - 1, "glass"))
-    return parts, np.array(normals, float)
+    points = np.concatenate([p for p, _, _ in parts])
+    ends = np.cumsum([len(p) for p, _, _ in parts])
+    spans = [
+        (int(e - len(p)), int(e), face, colour) for (p, face, colour), e in zip(parts, ends, strict=True)
+    ]
+    anchor = np.zeros(len(normals), int)
+    for start, _, face, _ in reversed(spans):
+        anchor[face] = start
+    hull = np.concatenate([[[a, y, b] for a in (-hw, hw) for y in (0.0, y1) for b in (-hl, hl)], v])
+    return _CarModel(spans, points, np.array(normals, float), anchor, hull)
 
 
+_GLASS = np.array([48.0, 58.0, 68.0])
 _FIXED = {
     "dark": (22.0, 22.0, 24.0),
     "hub": (135.0, 135.0, 140.0),
@@ -148,33 +170,24 @@ def draw_car(canvas: Canvas, cam: Camera, car: Car, tau: float, fog: Fog, sun: n
     basis = np.array([[car.dz, 0.0, -car.dx], _UP, [car.dx, 0.0, car.dz]])  # local right, up, forward
     depth = cam.depth(pos)
     px = cam.f * car.height / max(depth, cam.near)  # projected height: selects the level of detail
-    parts, normals = _car_model(car, px >= 16.0)
-    pts = np.concatenate([p for p, _, _ in parts]) @ basis + pos
-    cam_pts = cam.to_cam(pts)
+    model = _car_model(car, px >= 16.0)
+    tint = fog.at(depth)
     paint = np.asarray(car.paint)
-    if px < 6.0 and np.all(cam_pts[:, 2] > cam.near):
+    if px < 6.0 and depth > 5.0:
         # A few pixels tall: the silhouette is all that shows.
-        hull = cv2.convexHull(cam.project(cam_pts).astype(np.float32))[:, 0, :]
-        canvas.fill(hull, fog.mix(paint * 0.8, depth), CAR, car.uid)
+        uv = cam.project(cam.to_cam(model.hull @ basis + pos)).astype(np.float32)
+        canvas.fill(cv2.convexHull(uv)[:, 0, :], tint(paint * 0.8), CAR, car.uid)
         return
     if px >= 16.0:
-        foot = _quad(
-            (-car.width / 2 - 0.15, 0.01, -car.length / 2 - 0.1),
-            (car.width / 2 + 0.15, 0.01, car.length / 2 + 0.1),
-            1,
-        )
-        _shadow(canvas, cam, foot @ basis + pos, 0.5)
-    n_world = normals @ basis
-    # Visibility per face: does it face the camera (tested at the face's first vertex)?
-    firsts = np.cumsum([0] + [len(p) for p, _, _ in parts[:-1]])
-    face_pt = {}
-    for (_, face, _), i0 in zip(parts, firsts, strict=True):
-        face_pt.setdefault(face, pts[i0])
-    visible = {f: float(n_world[f] @ (cam.position - p)) > 1e-6 for f, p in face_pt.items()}
+        hw, hl = car.width / 2 + 0.15, car.length / 2 + 0.1
+        _shadow(canvas, cam, _quad((-hw, 0.01, -hl), (hw, 0.01, hl), 1) @ basis + pos, 0.5)
+    pts = model.points @ basis + pos
+    cam_pts = cam.to_cam(pts)
+    n_world = model.normals @ basis
+    visible = np.einsum("ij,ij->i", n_world, cam.position - pts[model.anchor]) > 1e-6
     shade = 0.55 + 0.45 * np.maximum(0.0, n_world @ sun) + 0.12 * n_world[:, 1]
-    in_front = bool(np.all(cam_pts[:, 2] >= cam.near))
-    uv = cam.project(cam_pts) if in_front else None
-    for (local, face, colour), i0 in zip(parts, firsts, strict=True):
+    uv = cam.project(cam_pts) if bool(np.all(cam_pts[:, 2] >= cam.near)) else None
+    for start, end, face, colour in model.parts:
         if not visible[face]:
             continue
         if colour == "paint":
@@ -182,16 +195,15 @@ def draw_car(canvas: Canvas, cam: Camera, car: Car, tau: float, fog: Fog, sun: n
         elif colour == "seam":
             rgb = paint * 0.45
         elif colour == "glass":
-            rgb = np.array([48.0, 58.0, 68.0]) * shade[face] + 40.0 * max(0.0, float(n_world[face, 1]))
+            rgb = _GLASS * shade[face] + 40.0 * max(0.0, float(n_world[face, 1]))
         else:
-            rgb = np.asarray(_FIXED[colour])
-        rgb = fog.mix(rgb, depth)
+            rgb = _FIXED[colour]
         if uv is not None:
-            canvas.fill(uv[i0 : i0 + len(local)], rgb, CAR, car.uid)
+            canvas.fill(uv[start:end], tint(rgb), CAR, car.uid)
         else:
-            clipped = clip_near(cam_pts[i0 : i0 + len(local)], cam.near)
+            clipped = clip_near(cam_pts[start:end], cam.near)
             if len(clipped) >= 3:
-                canvas.fill(cam.project(clipped), rgb, CAR, car.uid)
+                canvas.fill(cam.project(clipped), tint(rgb), CAR, car.uid)
 
 
 def draw_person(canvas: Canvas, cam: Camera, p: Person, tau: float, fog: Fog) -> None:
@@ -214,8 +226,10 @@ def draw_person(canvas: Canvas, cam: Camera, p: Person, tau: float, fog: Fog) ->
     sh_c = pos + _UP * (0.815 * h + bob) + fwd * 0.015 * h
     head = pos + _UP * (0.925 * h + bob) + fwd * 0.02 * h
     far = 1.0 if float(side @ (pos - cam.position)) > 0 else -1.0
-    shirt, pants, skin = (fog.mix(c, depth) for c in (p.shirt, p.pants, p.skin))
-    hair, shoes = fog.mix(p.hair, depth), fog.mix((30.0, 28.0, 28.0), depth)
+    tint = fog.at(depth)
+    shirt, pants, skin, hair, shoes = (
+        tint(c) for c in (p.shirt, p.pants, p.skin, p.hair, (30.0, 28.0, 28.0))
+    )
     uid = p.uid
     px = cam.f * h / depth  # projected height: selects the level of detail
     if px < 8.0:

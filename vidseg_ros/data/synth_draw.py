@@ -7,6 +7,7 @@ composited through one mask that is also used for their labels. The caller draws
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -59,9 +60,18 @@ class Fog:
         return float(1.0 - np.exp(-max(depth, 0.0) / self.distance))
 
     def mix(self, colour: np.ndarray | Colour, depth: float) -> Colour:
+        return self.at(depth)(colour)
+
+    def at(self, depth: float) -> Callable[[np.ndarray | Colour], Colour]:
+        """A colour mixer for one depth (objects mix many colours at the same depth)."""
         a = self.amount(depth)
-        c = np.asarray(colour, float) * (1.0 - a) + self.colour * a
-        return float(c[0]), float(c[1]), float(c[2])
+        k = 1.0 - a
+        f0, f1, f2 = (float(v) * a for v in self.colour)
+
+        def mix(c: np.ndarray | Colour) -> Colour:
+            return float(c[0]) * k + f0, float(c[1]) * k + f1, float(c[2]) * k + f2
+
+        return mix
 
     def apply(self, rgb: np.ndarray, depth: float) -> np.ndarray:
         a = self.amount(depth)
@@ -266,7 +276,8 @@ def draw_pole(canvas: Canvas, cam: Camera, pole: Pole, fog: Fog) -> None:
     """A lamp post or a sign post with its panels (panels behind the post when seen from the back)."""
     base = np.array([pole.x, 0.0, pole.z])
     depth = cam.depth(base)
-    metal = fog.mix((105.0, 108.0, 112.0), depth)
+    tint = fog.at(depth)
+    metal = tint((105.0, 108.0, 112.0))
     up = np.array([0.0, 1.0, 0.0])
 
     def post() -> None:
@@ -274,7 +285,7 @@ def draw_pole(canvas: Canvas, cam: Camera, pole: Pole, fog: Fog) -> None:
         if pole.arm:
             tip = base + np.array([pole.arm, pole.height + 0.1, 0.0])
             limb(canvas, cam, base + up * (pole.height - 0.3), tip, 0.07, metal, POLE, 0, 1.0)
-            head = fog.mix((70.0, 72.0, 75.0), depth)
+            head = tint((70.0, 72.0, 75.0))
             out = np.array([np.sign(pole.arm), 0.0, 0.0])
             limb(
                 canvas,
@@ -299,20 +310,18 @@ def draw_pole(canvas: Canvas, cam: Camera, pole: Pole, fog: Fog) -> None:
             return centre + np.stack([shape2d[:, 0], shape2d[:, 1], np.zeros(len(shape2d))], 1)
 
         if not front:
-            poly3(canvas, cam, world(outline), fog.mix((125.0, 125.0, 128.0), depth), SIGN, 0)
+            poly3(canvas, cam, world(outline), tint((125.0, 125.0, 128.0)), SIGN, 0)
             continue
-        poly3(canvas, cam, world(outline), fog.mix(panel.outer, depth), SIGN, 0)
+        poly3(canvas, cam, world(outline), tint(panel.outer), SIGN, 0)
         if cam.f * panel.size < 3.0 * depth:
             continue  # a few pixels across: the inner design would not show
         if panel.shape == "light":
             for k in range(3):
                 lamp = panel.inner if _lamp_on(panel.inner, k) else (40.0, 40.0, 40.0)
                 centre_k = centre + np.array([0.0, (1 - k) * 1.7 * panel.size, 0.0])
-                poly3(
-                    canvas, cam, world(_ngon(8) * panel.size * 0.7, centre_k), fog.mix(lamp, depth), SIGN, 0
-                )
+                poly3(canvas, cam, world(_ngon(8) * panel.size * 0.7, centre_k), tint(lamp), SIGN, 0)
         else:
-            poly3(canvas, cam, world(outline * 0.7), fog.mix(panel.inner, depth), SIGN, 0)
+            poly3(canvas, cam, world(outline * 0.7), tint(panel.inner), SIGN, 0)
     if not front:
         post()
 

@@ -174,42 +174,45 @@ def ground_texture(
         cut_rows |= (zs >= c0) & (zs <= c1)
         label[inside, :] = ROAD
     road_mask = label == ROAD
+    grey = float(np.mean(asphalt))
 
-    # Asphalt: blotches, grain and repair patches.
-    rgb = np.empty((h, w, 3), np.float32)
-    rgb[:] = asphalt
-    tone = noise(rng, h, w, 40.0) * 7.0 + noise(rng, h, w, 9.0) * 5.0 + grain(rng, h, w, 0.6) * 9.0
-    rgb = _shade(rgb, tone)
-    for _ in range(int(rng.integers(0, 4))):
-        px, pz = rng.uniform(0, w), rng.uniform(0, h)
-        pw, ph = rng.uniform(0.8, 3.0) * res, rng.uniform(0.8, 4.0) * res
-        _rect(rgb, px, pz, px + pw, pz + ph, asphalt * rng.uniform(0.8, 1.15))
-    for _ in range(int(rng.integers(2, 7))):
-        pts = np.cumsum(rng.normal(0, 0.35 * res, (8, 2)), axis=0) + rng.uniform(0, [w, h])
-        cv2.polylines(rgb, [pts.astype(np.int32)], False, (asphalt * 0.55).tolist(), 1)
-
+    # One scalar brightness map over a three-colour palette (asphalt, paving, curb): building the texture
+    # in a single RGB pass at the end keeps it cheap enough to make segments on the fly.
+    asphalt_tone = noise(rng, h, w, 40.0) * 7.0 + noise(rng, h, w, 9.0) * 5.0 + grain(rng, h, w, 0.6) * 9.0
     # Paving: per-tile brightness and dark joints, phased on absolute position.
     tx = np.floor(xs / tile).astype(np.int64)
     tz = np.floor(zs / tile).astype(np.int64)
     tile_tone = ((tx[None, :] * 7919 + tz[:, None] * 104729) % 17 - 8).astype(np.float32) * 1.6
-    joint = ((xs / tile) % 1.0 < 1.5 / (tile * res))[None, :] | ((zs / tile) % 1.0 < 1.5 / (tile * res))[
-        :, None
-    ]
-    pave = np.empty((h, w, 3), np.float32)
-    pave[:] = paving
-    pave = _shade(pave, tile_tone + grain(rng, h, w, 0.7) * 6.0 + noise(rng, h, w, 30.0) * 6.0 - joint * 28.0)
-    rgb = np.where(road_mask[:, :, None], rgb, pave)
+    joint_x = (xs / tile) % 1.0 < 1.5 / (tile * res)
+    joint_z = (zs / tile) % 1.0 < 1.5 / (tile * res)
+    pave_tone = tile_tone + grain(rng, h, w, 0.7) * 6.0 + noise(rng, h, w, 30.0) * 6.0
+    pave_tone[joint_z, :] -= 28.0
+    pave_tone[:, joint_x] -= 28.0
+    tone = np.where(road_mask, asphalt_tone, pave_tone)
+    for _ in range(int(rng.integers(0, 4))):  # repair patches
+        a, c = int(rng.uniform(0, w)), int(rng.uniform(0, h))
+        b, d = a + int(rng.uniform(0.8, 3.0) * res), c + int(rng.uniform(0.8, 4.0) * res)
+        tone[c:d, a:b] += grey * float(rng.uniform(-0.2, 0.15)) * road_mask[c:d, a:b]
+    for _ in range(int(rng.integers(2, 7))):  # cracks
+        pts = np.cumsum(rng.normal(0, 0.35 * res, (8, 2)), axis=0) + rng.uniform(0, [w, h])
+        cv2.polylines(tone, [pts.astype(np.int32)], False, -0.45 * grey, 1)
+    for _ in range(int(rng.integers(0, 3))):  # manholes
+        cx, cz = int(rng.uniform(0.1, 0.9) * w), int(rng.uniform(0.1, 0.9) * h)
+        if road_mask[cz, cx]:
+            cv2.circle(tone, (cx, cz), int(0.32 * res), -0.4 * grey, -1)
+            cv2.circle(tone, (cx, cz), int(0.32 * res), -0.1 * grey, max(1, int(0.04 * res)))
 
-    # Curb stones along the carriageway edges (not where the cross street passes).
-    curb = np.zeros((h, w), bool)
+    # Curb stones along the carriageway edges (not where the cross street passes), gutters beside them.
+    kind = (~road_mask).astype(np.uint8)
     for edge, side in ((spec.road[0], -1.0), (spec.road[1], 1.0)):
         band = ((xs - edge) * side > 0) & ((xs - edge) * side < 0.22)
-        curb |= band[None, :] & ~cut_rows[:, None]
-    rgb[curb] = paving * 0.35 + 120.0
+        kind[np.ix_(~cut_rows, band)] = 2
     gutter = np.zeros(w, bool)
     for edge in spec.road:
         gutter |= np.abs(xs - edge) < 0.3
-    rgb[road_mask & gutter[None, :] & ~cut_rows[:, None]] *= 0.85
+    tone[np.ix_(~cut_rows, gutter)] -= 0.15 * grey * road_mask[np.ix_(~cut_rows, gutter)]
+    palette = np.stack([asphalt, paving, paving * 0.35 + 120.0]).astype(np.float32)
+    rgb = palette[kind] + tone[:, :, None]
 
     paint = np.zeros((h, w), np.float32)
     dash = ((zs % 9.0) < 3.0) & ~cut_rows
@@ -228,19 +231,12 @@ def ground_texture(
         rows = (zs >= a) & (zs <= b)
         stripes = on_road & (((xs - spec.road[0]) % 1.0) < 0.5)
         paint[np.ix_(rows, stripes)] = 1.0
-    wear = np.clip(0.75 + noise(rng, h, w, 5.0) * 0.35 + grain(rng, h, w, 0.6) * 0.1, 0.0, 1.0)
-    paint *= wear * road_mask
-    yellow *= wear * road_mask
-    rgb += paint[:, :, None] * (np.float32(225.0) - rgb)
-    rgb += yellow[:, :, None] * (np.array([215.0, 170.0, 40.0], np.float32) - rgb)
-
-    for _ in range(int(rng.integers(0, 3))):
-        cx, cz = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
-        if road_mask[int(cz), int(cx)]:
-            cv2.circle(rgb, (int(cx), int(cz)), int(0.32 * res), (asphalt * 0.6).tolist(), -1)
-            cv2.circle(
-                rgb, (int(cx), int(cz)), int(0.32 * res), (asphalt * 0.9).tolist(), max(1, int(0.04 * res))
-            )
+    # Worn paint: blend towards the paint colour by a noisy coverage, only where there is paint.
+    wear = np.clip(0.75 + noise(rng, h, w, 5.0) * 0.35 + grain(rng, h, w, 0.6) * 0.1, 0.0, 1.0) * road_mask
+    for cover, colour in ((paint, (225.0, 225.0, 225.0)), (yellow, (215.0, 170.0, 40.0))):
+        sel = cover > 0
+        k = (cover[sel] * wear[sel])[:, None]
+        rgb[sel] += k * (np.array(colour, np.float32) - rgb[sel])
     return make_texture(rgb, label)
 
 
