@@ -1,0 +1,162 @@
+"""``vidseg eval``: run checkpoints online over labelled bags and compare them.
+
+Example::
+
+    vidseg eval --checkpoint perframe.pt --checkpoint twnet.pt --bag bags/test \\
+        --json eval.json --plot eval.png --key-distance
+
+Each checkpoint runs over each bag frame by frame through ``runtime.Stream`` (as the node does). The JSON
+holds, per checkpoint: ``miou``, ``tc``, ``trimap_iou``, ``per_class_iou``, ``ms_per_frame``, ``ms_key``,
+``ms_nonkey``, ``ms_p95``, ``stage_ms``, ``per_bag`` and, with ``--key-distance``, ``key_distance``
+(``{"0": {"miou", "frames"}, "1": ...}``). A markdown table goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vidseg_ros.tools.synth import parse_size
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Adds the ``eval`` options to ``p``."""
+    p.add_argument(
+        "--checkpoint", dest="checkpoints", action="append", required=True, help="checkpoint (repeatable)"
+    )
+    p.add_argument(
+        "--bag", dest="bags", type=Path, action="append", required=True, help="labelled bag (repeatable)"
+    )
+    p.add_argument("--json", type=Path, required=True, help="write the results here")
+    p.add_argument("--plot", type=Path, help="write a PNG comparison plot here")
+    p.add_argument("--key-interval", type=int, help="override TWNet's key interval (like twnet.key_interval)")
+    p.add_argument(
+        "--key-distance", action="store_true", help="also report mIoU per distance from the key frame"
+    )
+    p.add_argument(
+        "--size", type=parse_size, metavar="WxH", help="inference size (default: the checkpoint's)"
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--flow-downscale", type=int, default=2, help="flow at size / N (default: 2, as the node)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def markdown_table(results: Sequence[dict[str, Any]]) -> str:
+    """``| method | mIoU | TC | trimap IoU | ms/frame | key ms | non-key ms |`` (IoUs in %)."""
+    lines = [
+        "| method | mIoU | TC | trimap IoU | ms/frame | key ms | non-key ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        name = f"{r['method']} ({r['name']}, K={r['key_interval']})"
+        lines.append(
+            f"| {name} | {_pct(r['miou'])} | {_pct(r['tc'])} | {_pct(r['trimap_iou'])} | "
+            f"{_ms(r['ms_per_frame'])} | {_ms(r['ms_key'])} | {_ms(r['ms_nonkey'])} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
+    """Bar chart of mIoU, TC and trimap IoU per checkpoint; mIoU vs key distance when measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [r for r in results if r.get("key_distance")]
+    fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(12 if curves else 7, 4.5), squeeze=False)
+    ax = axes[0][0]
+    metrics = (("miou", "mIoU"), ("tc", "TC"), ("trimap_iou", "trimap IoU"))
+    width = 0.8 / max(1, len(results))
+    for i, r in enumerate(results):
+        xs = [m + (i - (len(results) - 1) / 2) * width for m in range(len(metrics))]
+        ys = [100 * (r[key] or 0.0) for key, _ in metrics]
+        ax.bar(xs, ys, width, label=f"{r['method']} ({r['name']})")
+    ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.set_title("accuracy and temporal consistency")
+    ax.legend(fontsize="small")
+    if curves:
+        ax = axes[0][1]
+        for r in curves:
+            points = sorted(
+                (int(d), v["miou"]) for d, v in r["key_distance"].items() if v["miou"] is not None
+            )
+            ax.plot(
+                [d for d, _ in points],
+                [100 * v for _, v in points],
+                marker="o",
+                label=f"{r['method']} ({r['name']})",
+            )
+        ax.set_xlabel("frames since the last key frame")
+        ax.set_ylabel("mIoU %")
+        ax.set_title("error accumulation")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluates every checkpoint on every bag; returns 0, or 2 for a bad checkpoint, bag or option."""
+    import torch
+
+    from vidseg_ros.data.bags import BagError
+    from vidseg_ros.runtime.checkpoint import CheckpointError
+    from vidseg_ros.runtime.segmenter import pick_device
+    from vidseg_ros.training.evaluate import evaluate_checkpoint
+
+    if args.key_interval is not None and args.key_interval < 1:
+        print(f"vidseg eval: error: --key-interval must be >= 1, got {args.key_interval}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = []
+    try:
+        device = pick_device(args.device)
+        for checkpoint in args.checkpoints:
+            results.append(
+                evaluate_checkpoint(
+                    checkpoint,
+                    args.bags,
+                    device=device,
+                    input_size=args.size,
+                    key_interval=args.key_interval,
+                    key_distance=args.key_distance,
+                    flow_downscale=args.flow_downscale,
+                    progress=args.progress,
+                )
+            )
+    except (CheckpointError, BagError, RuntimeError, ValueError) as e:
+        print(f"vidseg eval: error: {e}", file=sys.stderr)
+        return 2
+    report = {
+        "bags": [str(b) for b in args.bags],
+        "size": list(args.size) if args.size else None,
+        "key_interval": args.key_interval,
+        "torch": str(torch.__version__),
+        "threads": torch.get_num_threads(),
+        "results": results,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        plot(results, args.plot)
+    print(markdown_table(results))
+    return 0

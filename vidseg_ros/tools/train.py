@@ -1,0 +1,123 @@
+"""``vidseg train``: train per-frame, NetWarp or TWNet models on labelled bags.
+
+Stages::
+
+    vidseg train --method perframe --bag bags/a --bag bags/b --out perframe.pt --steps 2000
+    vidseg train --method netwarp --init perframe.pt --bag bags/a --out netwarp.pt --steps 500
+    vidseg train --method twnet --init perframe.pt --bag bags/a --out twnet.pt --steps 500
+
+Several processes (GPUs, or CPU workers with gloo)::
+
+    torchrun --nproc_per_node 2 -m vidseg_ros.cli train --method perframe --bag bags/a --out perframe.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vidseg_ros.tools.synth import parse_size
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Adds the ``train`` options to ``p``."""
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.add_argument("--method", required=True, choices=("perframe", "netwarp", "twnet"), help="what to train")
+    p.add_argument(
+        "--bag", dest="bags", type=Path, action="append", required=True, help="labelled bag (repeatable)"
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="checkpoint to write; training state goes to OUT.state"
+    )
+    p.add_argument("--init", type=Path, help="trained perframe checkpoint to start from (required for twnet)")
+    g = p.add_argument_group("architecture (new models only; --init fixes them)")
+    g.add_argument("--backbone", choices=("mobilenetv2", "resnet18"), help="encoder (default mobilenetv2)")
+    g.add_argument("--width-mult", type=float, help="MobileNetV2 width (default 0.5; resnet18 needs 1.0)")
+    g.add_argument("--decoder-channels", type=int, help="FPN decoder width (default 96)")
+    g.add_argument("--pretrained-backbone", type=Path, help="torchvision ImageNet state dict for the encoder")
+    g.add_argument(
+        "--size",
+        type=parse_size,
+        metavar="WxH",
+        help="training/inference size (default: init's, else 320x240)",
+    )
+    g.add_argument(
+        "--key-interval", type=int, default=12, help="twnet: key frame every N frames (stored in the model)"
+    )
+    g.add_argument("--warp-layer", type=int, choices=(1, 2, 3), default=1, help="twnet: decoder layer warped")
+    g.add_argument(
+        "--no-correction", dest="correction", action="store_false", help="twnet: warp-only (no CFR/RGA)"
+    )
+    g.add_argument("--netwarp-layers", default="c5,p2", help="netwarp: comma-separated insertion layers")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--steps", type=int, default=1000, help="total optimiser steps")
+    o.add_argument("--batch", type=int, default=8, help="global batch (clips per step over all processes)")
+    o.add_argument(
+        "--lr", type=float, help="peak learning rate (default perframe 1e-3, netwarp 2e-4, twnet 5e-4)"
+    )
+    o.add_argument(
+        "--weight-decay", type=float, default=1e-4, help="AdamW weight decay (not on 1-D parameters)"
+    )
+    o.add_argument(
+        "--lambda", dest="lam", type=float, default=10.0, help="twnet: weight of the L2 consistency loss"
+    )
+    o.add_argument(
+        "--max-distance", type=int, help="non-key frames per clip: netwarp 1 (pairs), twnet min(4, K-1)"
+    )
+    o.add_argument("--no-flip", dest="flip", action="store_false", help="no random left-right mirroring")
+    o.add_argument("--seed", type=int, default=0, help="seeds initialisation and the batch sampling")
+    r = p.add_argument_group("run")
+    r.add_argument("--resume", action="store_true", help="continue from OUT.state when it exists")
+    r.add_argument("--save-every", type=int, default=100, help="write OUT.state every N steps")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    r.add_argument(
+        "--flow-downscale", type=int, default=2, help="flow at size / N, as the node's motion.flow_downscale"
+    )
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Trains; returns 0 on success, 2 for bad options or data."""
+    from vidseg_ros.models.backbones import PretrainedWeightsError
+    from vidseg_ros.runtime.checkpoint import CheckpointError
+    from vidseg_ros.training.config import TrainConfig
+    from vidseg_ros.training.data import TrainingDataError
+    from vidseg_ros.training.loop import ResumeError, train
+
+    cfg = TrainConfig(
+        method=args.method,
+        bags=list(args.bags),
+        out=args.out,
+        init=args.init,
+        backbone=args.backbone,
+        width_mult=args.width_mult,
+        decoder_channels=args.decoder_channels,
+        pretrained_backbone=args.pretrained_backbone,
+        size=args.size,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        resume=args.resume,
+        device=args.device,
+        threads=args.threads,
+        key_interval=args.key_interval,
+        warp_layer=args.warp_layer,
+        correction=args.correction,
+        netwarp_layers=tuple(x.strip() for x in args.netwarp_layers.split(",") if x.strip()),
+        lam=args.lam,
+        max_distance=args.max_distance,
+        flip=args.flip,
+        flow_downscale=args.flow_downscale,
+        save_every=args.save_every,
+        progress=args.progress,
+    )
+    try:
+        train(cfg)
+    except (ValueError, CheckpointError, ResumeError, PretrainedWeightsError, TrainingDataError) as e:
+        print(f"vidseg train: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,256 @@
+"""The training loop shared by all stages: data, optimiser, schedule, resumable state and the checkpoint.
+
+Reproducibility: model initialisation is seeded by ``seed`` and the clips of step ``s`` by ``(seed, s)``, and
+the state file holds model, optimiser and step, so ``N`` steps in one go and ``N/2`` + ``--resume`` ``N/2`` give
+the same weights (bit-identical on the CPU; CUDA's grid_sample backward uses atomics and is not).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vidseg_ros.models.twnet import TWNetModel
+from vidseg_ros.runtime.checkpoint import save_checkpoint
+from vidseg_ros.runtime.segmenter import Segmenter
+from vidseg_ros.training import distributed
+from vidseg_ros.training.config import TrainConfig
+from vidseg_ros.training.data import (
+    ClipSampler,
+    attach_key_features,
+    collate,
+    key_feature_bytes,
+    load_sequence,
+)
+from vidseg_ros.training.objectives import StageObjective, build_stage_model, trainable_summary
+
+STATE_FORMAT = "vidseg-train-state/1"
+#: TWNet stage 2 caches the frozen key CNN's features of all frames when they fit in this much memory.
+KEY_FEATURE_CACHE_BYTES = 2 * 2**30
+
+
+class ResumeError(RuntimeError):
+    """A ``.state`` file that does not belong to the run being resumed."""
+
+
+def learning_rate(step: int, steps: int, base: float) -> float:
+    """Linear warm-up over the first 5% of steps (at most 100), then poly(0.9) decay towards 0."""
+    warmup = min(100, steps // 20)
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * (1.0 - (step - warmup) / max(1, steps - warmup)) ** 0.9
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; no decay on biases, norms and NetWarp's fusion weights (1-D)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_state(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig, wall_s: float
+) -> None:
+    state = {
+        "format": STATE_FORMAT,
+        "step": step,
+        "wall_s": wall_s,
+        "identity": cfg.identity(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+    }
+    _atomic_save(state, path)
+
+
+def load_state(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> tuple[int, float]:
+    """Restores model and optimiser; returns ``(step, wall seconds so far)``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ResumeError(f"{path} is not a vidseg training state")
+    mine, theirs = cfg.identity(), state["identity"]
+    changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine[k]!r}" for k in changed)
+        raise ResumeError(f"cannot resume {path}: the run's options changed ({details})")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"]), float(state["wall_s"])
+
+
+def train(cfg: TrainConfig) -> Path | None:
+    """Runs a training job (one process, or one rank under torchrun); returns the checkpoint path on rank 0."""
+    cfg.validate()
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    env = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, env)
+    finally:
+        distributed.teardown(env)
+        torch.set_num_threads(threads)  # callers in the same process (tests, notebooks) keep their setting
+
+
+def _log(env: distributed.DistEnv, message: str) -> None:
+    if env.is_main:
+        tqdm.write(message)
+
+
+def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
+    model, meta = build_stage_model(cfg)
+    size = (meta.input_size[0], meta.input_size[1])
+    # The node's preprocessing, on the CPU, once: frames and flows are then reused for every step.
+    prep = Segmenter(model, meta, device="cpu", input_size=size, flow_downscale=cfg.flow_downscale)
+    bags = tqdm(cfg.bags, desc="load bags", unit="bag", disable=not (cfg.progress and env.is_main))
+    sequences = [load_sequence(b, prep, with_flow=model.uses_motion) for b in bags]
+    lo, hi = cfg.distances
+    sampler = ClipSampler(
+        [len(s) for s in sequences],
+        batch=cfg.batch,
+        seed=cfg.seed,
+        min_distance=lo,
+        max_distance=hi,
+        flip=cfg.flip,
+        rank=env.rank,
+        world_size=env.world_size,
+    )
+    model.to(env.device).train()
+    if isinstance(model, TWNetModel):
+        needed = key_feature_bytes(sequences, model)
+        if needed <= KEY_FEATURE_CACHE_BYTES:
+            attach_key_features(sequences, model, env.device)
+        else:
+            _log(env, f"not caching key-CNN features ({needed / 2**30:.1f} GiB); computing them every step")
+    objective = StageObjective(model, cfg.lam)
+    optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    start, wall_before = 0, 0.0
+    if cfg.resume:
+        if cfg.state_path.exists():
+            start, wall_before = load_state(cfg.state_path, model, optimizer, cfg)
+            _log(env, f"resuming {cfg.state_path} at step {start}/{cfg.steps}")
+        else:
+            _log(env, f"no {cfg.state_path} to resume from; starting at step 0")
+    net = distributed.wrap(objective, env)
+    frames = sum(len(s) for s in sequences)
+    _log(env, f"{cfg.method}: {frames} frames from {len(sequences)} bag(s) at {size[0]}x{size[1]}, "
+         f"clips of {lo + 1}..{hi + 1} frames, batch {cfg.batch} over {env.world_size} process(es) on {env.device}; "
+         f"training {trainable_summary(model)}")  # fmt: skip
+
+    t0 = time.perf_counter()
+    recent: list[tuple[float, float, float]] = []
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        desc=f"train {cfg.method}",
+        unit="step",
+        disable=not (cfg.progress and env.is_main),
+    )
+    for step in bar:
+        distance, clips = sampler.sample(step)
+        batch = collate(sequences, clips, distance).to(env.device)
+        lr = learning_rate(step, cfg.steps, cfg.learning_rate)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        out = net(batch.images, batch.labels, batch.flows, batch.targets)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        loss = float(out["loss"].detach())
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr")
+        recent = [*recent[-49:], (loss, float(out["ce"]), float(out["l2"]))]
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", d=distance, refresh=False)
+        done = step + 1
+        if done % cfg.save_every == 0 and done < cfg.steps and env.is_main:
+            save_state(cfg.state_path, model, optimizer, done, cfg, wall_before + time.perf_counter() - t0)
+    bar.close()
+    trained_steps = max(0, cfg.steps - start)
+    wall = wall_before + time.perf_counter() - t0
+    if env.is_main:
+        save_state(cfg.state_path, model, optimizer, max(cfg.steps, start), cfg, wall)
+
+    means = [sum(v[i] for v in recent) / len(recent) if recent else float("nan") for i in range(3)]
+    means = [distributed.mean_over_ranks(v, env) for v in means]
+    spread = distributed.parameter_spread(model, env)
+    if env.distributed:
+        _log(
+            env,
+            f"ranks in sync: largest parameter checksum difference between {env.world_size} ranks = {spread:g}",
+        )
+    path = None
+    if env.is_main:
+        meta.recipe = _recipe(cfg, model, env, meta.input_size, wall, means, spread)
+        path = save_checkpoint(cfg.out, model, meta)
+        rate = trained_steps / (time.perf_counter() - t0) if trained_steps else float("nan")
+        _log(env, f"wrote {path} ({trained_steps} steps this run, {rate:.2f} steps/s, loss {means[0]:.4f})")
+    distributed.barrier(env)
+    return path
+
+
+def _recipe(
+    cfg: TrainConfig,
+    model: nn.Module,
+    env: distributed.DistEnv,
+    size: list[int],
+    wall: float,
+    means: list[float],
+    spread: float,
+) -> dict[str, Any]:
+    lo, hi = cfg.distances
+    recipe: dict[str, Any] = {
+        "method": cfg.method,
+        "init": str(cfg.init) if cfg.init else None,
+        "pretrained_backbone": str(cfg.pretrained_backbone) if cfg.pretrained_backbone else None,
+        "bags": [str(b) for b in cfg.bags],
+        "steps": cfg.steps,
+        "batch": cfg.batch,
+        "lr": cfg.learning_rate,
+        "schedule": "AdamW, linear warm-up 5% (<= 100 steps), poly 0.9",
+        "weight_decay": cfg.weight_decay,
+        "seed": cfg.seed,
+        "size": list(size),
+        "flip": cfg.flip,
+        "flow": f"DIS ultrafast at input size / {cfg.flow_downscale}",
+        "clip_distance": [lo, hi],
+        "trainable": trainable_summary(model),
+        "final_loss": means[0],
+        "final_ce": means[1],
+        "wall_time_s": round(wall, 2),
+        "torch": str(torch.__version__),  # TorchVersion would not load with weights_only
+        "device": str(env.device),
+        "world_size": env.world_size,
+    }
+    if cfg.method == "twnet":
+        recipe.update({"lambda": cfg.lam, "final_l2": means[2], "key_interval": cfg.key_interval})
+        recipe.update({"warp_layer": cfg.warp_layer, "correction": cfg.correction})
+    if cfg.method == "netwarp":
+        recipe["netwarp_layers"] = list(cfg.netwarp_layers)
+    if env.distributed:
+        recipe["ddp"] = {"world_size": env.world_size, "param_checksum_spread": spread}
+    return recipe
