@@ -154,7 +154,15 @@ def _summarise(frames, recording, node_code: int) -> dict:
             "per_class_iou": {k: round(v, 4) for k, v in full["per_class_iou"].items() if v is not None},
         }
     stages = {}
-    for key in ("decode_ms", "motion_ms", "inference_ms", "postprocess_ms", "publish_ms", "total_ms"):
+    for key in (
+        "decode_ms",
+        "preprocess_ms",
+        "motion_ms",
+        "inference_ms",
+        "postprocess_ms",
+        "publish_ms",
+        "total_ms",
+    ):
         vals = [float(t[key]) for t in timing if key in t]
         if vals:
             stages[key] = round(float(np.mean(vals)), 2)
