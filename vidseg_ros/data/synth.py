@@ -361,10 +361,14 @@ class StreetScene:
         dx = (self.f * (yaw - self.ego.yaw0) + self.wind * tau) % self.sky.shape[1]
         dy = (self.cfg.height - 1) / 2 + self.margin - cam.horizon_row()
         m = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
-        size = (self.cfg.width, self.cfg.height)
-        return cv2.warpAffine(
-            self.sky, m, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_WRAP
-        )
+        # Below the horizon the ground and the backdrop cover everything; only rows above need the sky.
+        rows = int(np.clip(np.ceil(cam.horizon_row()) + 3, 0, self.cfg.height))
+        out = np.empty((self.cfg.height, self.cfg.width, 3), np.uint8)
+        out[rows:] = np.clip(self.fog.colour, 0, 255).astype(np.uint8)
+        if rows:
+            flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+            cv2.warpAffine(self.sky, m, (self.cfg.width, rows), out[:rows], flags, cv2.BORDER_WRAP)
+        return out
 
     def _backdrop(self, canvas: Canvas, cam: Camera, z0: float) -> None:
         """Flat, fogged continuation of the street beyond the textured range, so the vanishing point is filled."""

@@ -61,7 +61,7 @@ class Street:
 
     def lane_x(self, lane: int) -> float:
         """Centre of a driving lane: 0.. for +z traffic (right side), -1.. for -z traffic (left side)."""
-        return (lane + 0.5) * self.lane_w if lane >= 0 else (lane + 0.5) * self.lane_w
+        return (lane + 0.5) * self.lane_w
 
 
 @dataclass(frozen=True)
