@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="", help="Checkpoint (default: the shipped NetWarp model).")
     p.add_argument("--config", type=Path, help="Parameter file (default: config/seg.yaml).")
     p.add_argument("--rate", type=float, default=1.0, help="Replay speed factor.")
+    p.add_argument(
+        "--offline", action="store_true", help="Run the node with realtime:=false (every frame, in order)."
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="Give up after this many seconds.")
 
 
@@ -80,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     if args.checkpoint:
         cmd += ["-p", f"model.checkpoint:={args.checkpoint}"]
+    if args.offline:
+        cmd += ["-p", "realtime:=false"]
     log_path = out / "seg_node.log"
     print("starting:", " ".join(cmd))
     with open(log_path, "w") as log:
@@ -93,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(0.5)  # let the output subscriptions match before the first frame
         with tqdm(total=len(frames), desc="replaying", unit="frame") as bar:
             replayer.play(((f.stamp_ns, f.image) for f in frames), rate=args.rate, progress=bar)
-        replayer.drain(len(frames), timeout=max(10.0, args.timeout - (time.monotonic() - started)))
+        # Offline, every frame is answered, so wait for all of them; in real time the waiting frame can be
+        # replaced, so stop once the answers dry up.
+        remaining = max(10.0, args.timeout - (time.monotonic() - started))
+        replayer.drain(len(frames), timeout=remaining, quiet_s=remaining if args.offline else 3.0)
         time.sleep(1.2)  # one more /diagnostics message covering the end of the replay
     finally:
         node.send_signal(signal.SIGINT)
