@@ -149,6 +149,29 @@ def test_generic_writer_round_trips_images_and_diagnostics(tmp_path, storage):
     assert np.array_equal(frame.image, rgb)  # bgr8 on the wire, RGB after decoding
 
 
+def test_read_frames_pairs_by_stamp_not_by_arrival(tmp_path):
+    rgb = [np.full((4, 6, 3), k * 40, np.uint8) for k in range(4)]
+    lab = [np.full((4, 6), k, np.uint8) for k in range(4)]
+    path = tmp_path / "bag"
+    with BagWriter(path) as bag:
+        # Header stamps 1..3; log times deliberately shuffle the order labels and images arrive in.
+        bag.write_image("/camera/labels", 2, "cam", lab[2], "mono8")
+        bag.write_image("/camera/image_raw", 1, "cam", rgb[1], "rgb8")
+        bag.write_image("/camera/image_raw", 2, "cam", rgb[2], "rgb8")
+        bag.write_image("/camera/image_raw", 3, "cam", rgb[3], "rgb8")  # never gets a label
+        bag.write("/camera/labels", "sensor_msgs/msg/Image", _mono_msg(lab[1], stamp=1), 5)
+    frames = list(read_frames(path))
+    assert [f.stamp_ns for f in frames] == [1, 2, 3]
+    assert np.array_equal(frames[0].labels, lab[1]) and np.array_equal(frames[1].labels, lab[2])
+    assert frames[2].labels is None and np.array_equal(frames[2].image, rgb[3])
+
+
+def _mono_msg(labels: np.ndarray, stamp: int) -> dict:
+    h, w = labels.shape
+    header = {"stamp": stamp, "frame_id": "cam"}
+    return {"header": header, "height": h, "width": w, "encoding": "8UC1", "step": w, "data": labels.ravel()}
+
+
 def test_writer_rejects_bad_requests(tmp_path):
     with BagWriter(tmp_path / "bag") as bag:
         bag.write_image("/img", 1, "cam", np.zeros((4, 4, 3), np.uint8), "rgb8")

@@ -12,7 +12,7 @@ serialisation, embedded message definitions and offered QoS profiles, so ``ros2 
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -84,11 +84,9 @@ def stamp_to_ns(stamp: Any) -> int:
 def _default(store: Typestore, node: int, spec: Any) -> Any:
     if node == Nodetype.BASE:
         name = spec[0]
-        return (
-            ""
-            if name == "string"
-            else (False if name == "bool" else (0.0 if name.startswith("float") else 0))
-        )
+        if name in ("string", "wstring"):
+            return ""
+        return False if name == "bool" else (0.0 if name.startswith("float") else 0)
     if node == Nodetype.NAME:
         return build_message(store, spec, {})
     sub, length = spec
@@ -301,25 +299,24 @@ def read_frames(
     if image_topic not in info["topics"]:
         raise BagError(f"bag {path} has no topic {image_topic} (topics: {sorted(info['topics'])})")
     has_labels = label_topic in info["topics"]
-    pending: OrderedDict[int, Any] = OrderedDict()  # stamp -> image message, waiting for its label
+    pending: deque[tuple[int, Any]] = deque()  # (stamp, image message) in bag order, waiting for labels
     labels: OrderedDict[int, np.ndarray] = OrderedDict()  # stamp -> labels that arrived first
 
     def flush(force: bool) -> Iterator[BagFrame]:
+        # Frames leave in image order; the oldest waits for its label until max_pending images queue up.
         while pending:
-            stamp, msg = next(iter(pending.items()))
-            if stamp in labels or force or not has_labels or len(pending) > max_pending:
-                del pending[stamp]
-                yield BagFrame(
-                    stamp, msg.header.frame_id, _decode(msg, image_topic, False), labels.pop(stamp, None)
-                )
-            else:
+            stamp, msg = pending[0]
+            if not (stamp in labels or force or not has_labels or len(pending) > max_pending):
                 return
+            pending.popleft()
+            image = _decode(msg, image_topic, False)
+            yield BagFrame(stamp, msg.header.frame_id, image, labels.pop(stamp, None))
 
     topics = [image_topic, label_topic] if has_labels else [image_topic]
     for topic, _, msg in read_messages(path, topics):
         stamp = stamp_to_ns(msg.header.stamp)
         if topic == image_topic:
-            pending[stamp] = msg
+            pending.append((stamp, msg))
         else:
             labels[stamp] = _decode(msg, label_topic, True)
             while len(labels) > max_pending:
