@@ -69,6 +69,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--seed", type=int, default=0, help="seeds initialisation and the batch sampling")
     r = p.add_argument_group("run")
     r.add_argument("--resume", action="store_true", help="continue from OUT.state when it exists")
+    r.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="STEP",
+        help="stop after STEP steps (state saved); finish with --resume",
+    )
     r.add_argument("--save-every", type=int, default=100, help="write OUT.state every N steps")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -97,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         pretrained_backbone=args.pretrained_backbone,
         size=args.size,
         steps=args.steps,
+        stop_at=args.stop_at,
         batch=args.batch,
         lr=args.lr,
         weight_decay=args.weight_decay,

@@ -37,6 +37,8 @@ class TrainConfig:
     pretrained_backbone: Path | None = None
     size: tuple[int, int] | None = None
     steps: int = 1000
+    #: Stop after this many steps (state saved) and finish later with ``resume``; None runs to ``steps``.
+    stop_at: int | None = None
     batch: int = 8
     lr: float | None = None
     weight_decay: float = 1e-4
@@ -101,6 +103,8 @@ class TrainConfig:
                 f"max_distance {hi} exceeds key_interval - 1 = {self.key_interval - 1}: "
                 "the node never runs that many non-key frames in a row"
             )
+        if self.stop_at is not None and self.stop_at < 1:
+            raise ValueError(f"stop_at must be >= 1, got {self.stop_at}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 

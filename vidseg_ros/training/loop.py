@@ -122,6 +122,7 @@ def _log(env: distributed.DistEnv, message: str) -> None:
 
 
 def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
+    t_prep = time.perf_counter()
     model, meta = build_stage_model(cfg)
     size = (meta.input_size[0], meta.input_size[1])
     # The node's preprocessing, on the CPU, once: frames and flows are then reused for every step.
@@ -161,10 +162,12 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
          f"clips of {lo + 1}..{hi + 1} frames, batch {cfg.batch} over {env.world_size} process(es) on {env.device}; "
          f"training {trainable_summary(model)}")  # fmt: skip
 
+    prep_s = time.perf_counter() - t_prep
+    stop = cfg.steps if cfg.stop_at is None else max(start, min(cfg.steps, cfg.stop_at))
     t0 = time.perf_counter()
     recent: list[tuple[float, float, float]] = []
     bar = tqdm(
-        range(start, cfg.steps),
+        range(start, stop),
         initial=start,
         total=cfg.steps,
         desc=f"train {cfg.method}",
@@ -187,13 +190,13 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
         recent = [*recent[-49:], (loss, float(out["ce"]), float(out["l2"]))]
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", d=distance, refresh=False)
         done = step + 1
-        if done % cfg.save_every == 0 and done < cfg.steps and env.is_main:
+        if done % cfg.save_every == 0 and done < stop and env.is_main:
             save_state(cfg.state_path, model, optimizer, done, cfg, wall_before + time.perf_counter() - t0)
     bar.close()
-    trained_steps = max(0, cfg.steps - start)
+    trained_steps = stop - start
     wall = wall_before + time.perf_counter() - t0
     if env.is_main:
-        save_state(cfg.state_path, model, optimizer, max(cfg.steps, start), cfg, wall)
+        save_state(cfg.state_path, model, optimizer, stop, cfg, wall)
 
     means = [sum(v[i] for v in recent) / len(recent) if recent else float("nan") for i in range(3)]
     means = [distributed.mean_over_ranks(v, env) for v in means]
@@ -206,6 +209,7 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
     path = None
     if env.is_main:
         meta.recipe = _recipe(cfg, model, env, meta.input_size, wall, means, spread)
+        meta.recipe.update({"steps_done": stop, "prep_time_s": round(prep_s, 2)})
         path = save_checkpoint(cfg.out, model, meta)
         rate = trained_steps / (time.perf_counter() - t0) if trained_steps else float("nan")
         _log(env, f"wrote {path} ({trained_steps} steps this run, {rate:.2f} steps/s, loss {means[0]:.4f})")

@@ -1,0 +1,113 @@
+"""``vidseg eval``: online runs through Stream, the JSON report, the markdown table and the plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vidseg_ros.cli import main
+from vidseg_ros.data.bags import read_frames, write_synth_bag
+from vidseg_ros.data.synth import SynthConfig
+from vidseg_ros.runtime.checkpoint import load_checkpoint, save_checkpoint
+from vidseg_ros.runtime.segmenter import Segmenter
+from vidseg_ros.runtime.stream import Stream
+from vidseg_ros.training.config import TrainConfig
+from vidseg_ros.training.evaluate import evaluate_checkpoint
+from vidseg_ros.training.objectives import build_stage_model
+
+FRAMES = 10
+RESULT_KEYS = {
+    "checkpoint", "method", "input_size", "key_interval", "frames", "miou", "tc", "trimap_iou", "per_class_iou",
+    "ms_per_frame", "ms_key", "ms_nonkey", "stage_ms", "per_bag", "key_frames", "nonkey_frames",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    """Two short bags, an (untrained) per-frame checkpoint and a TWNet stage 2 trained from it."""
+    root = tmp_path_factory.mktemp("eval")
+    bags = []
+    for seed in (7, 8):
+        bags.append(root / f"bag{seed}")
+        write_synth_bag(bags[-1], SynthConfig(seed=seed, frames=FRAMES, width=96, height=64), progress=False)
+    cfg = TrainConfig(
+        method="perframe", bags=bags, out=root / "x", size=(96, 64), width_mult=0.25, decoder_channels=16
+    )
+    model, meta = build_stage_model(cfg)
+    perframe = save_checkpoint(root / "perframe.pt", model, meta)
+    twnet = root / "twnet.pt"
+    args = [
+        "--method",
+        "twnet",
+        "--init",
+        perframe,
+        "--bag",
+        bags[0],
+        "--out",
+        twnet,
+        "--steps",
+        2,
+        "--batch",
+        2,
+    ]
+    assert main(["train", *map(str, args), "--key-interval", "6", "--threads", "1", "--no-progress"]) == 0
+    return {"bag0": bags[0], "bag1": bags[1], "perframe": perframe, "twnet": twnet, "root": root}
+
+
+def test_eval_reports_json_table_and_plot(setup, capsys):
+    out = setup["root"] / "report"
+    argv = [
+        "eval", "--checkpoint", str(setup["perframe"]), "--checkpoint", str(setup["twnet"]),
+        "--bag", str(setup["bag0"]), "--bag", str(setup["bag1"]), "--key-interval", "4", "--key-distance",
+        "--json", str(out / "eval.json"), "--plot", str(out / "eval.png"), "--threads", "1", "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| method | mIoU | TC | trimap IoU | ms/frame | key ms | non-key ms |" in table
+    assert "| perframe (perframe, K=1) |" in table and "| twnet (twnet, K=4) |" in table
+
+    report = json.loads((out / "eval.json").read_text())
+    assert report["bags"] == [str(setup["bag0"]), str(setup["bag1"])]
+    perframe, twnet = report["results"]
+    for r in (perframe, twnet):
+        assert RESULT_KEYS <= r.keys()
+        assert r["frames"] == 2 * FRAMES and len(r["per_bag"]) == 2
+        assert 0.0 <= r["miou"] <= 1.0 and 0.0 <= r["tc"] <= 1.0 and 0.0 <= r["trimap_iou"] <= 1.0
+        assert set(r["per_class_iou"]) == set(load_checkpoint(setup["perframe"])[1].classes)
+        assert r["ms_per_frame"] > 0 and r["ms_key"] > 0
+    assert perframe["method"] == "perframe" and perframe["ms_nonkey"] is None
+    assert perframe["key_frames"] == 2 * FRAMES and list(perframe["key_distance"]) == ["0"]
+    # --key-interval 4 applies to TWNet (as the node's twnet.key_interval): keys at 0, 4, 8 of each bag.
+    assert twnet["key_interval"] == 4 and twnet["key_frames"] == 6 and twnet["ms_nonkey"] > 0
+    assert list(twnet["key_distance"]) == ["0", "1", "2", "3"]
+    assert twnet["key_distance"]["0"]["frames"] == 6 and twnet["key_distance"]["3"]["frames"] == 4
+    assert (out / "eval.png").stat().st_size > 10_000
+
+
+def test_eval_runs_exactly_like_a_node_stream(setup):
+    """Same masks as a hand-driven Stream, so the metrics describe what the node publishes."""
+    result = evaluate_checkpoint(setup["twnet"], [setup["bag0"]], key_interval=3, progress=False)
+    model, meta = load_checkpoint(setup["twnet"])
+    segmenter = Segmenter(model, meta)
+    segmenter.key_interval = 3
+    stream = Stream(segmenter)
+    from vidseg_ros.metrics import SequenceMetrics
+
+    metrics = SequenceMetrics(num_classes=len(meta.classes))
+    for frame in read_frames(setup["bag0"]):
+        r = stream.step(frame.image, frame.stamp_ns, frame_id=frame.frame_id)
+        metrics.update(r.mask, frame.labels, frame.image)
+    expected = metrics.summary(meta.classes)
+    assert np.isclose(result["miou"], expected["miou"]) and np.isclose(result["tc"], expected["tc"])
+    assert result["key_frames"] == 4  # frames 0, 3, 6, 9
+
+
+def test_eval_rejects_bad_input(setup, tmp_path, capsys):
+    base = ["eval", "--bag", str(setup["bag0"]), "--json", str(tmp_path / "e.json"), "--no-progress"]
+    assert main([*base, "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main([*base, "--checkpoint", str(setup["perframe"]), "--key-interval", "0"]) == 2
+    assert not (tmp_path / "e.json").exists()
