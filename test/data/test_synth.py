@@ -122,22 +122,22 @@ def test_people_deform_while_cars_stay_rigid():
     assert (cars[0] != cars[1]).sum() > 0.1 * cars[0].sum()
 
 
-@pytest.mark.parametrize("seed", [2, 5])
-def test_scene_people_change_shape_more_than_cars(seed):
-    scene = StreetScene(SynthConfig(seed=seed, width=320, height=240))
-    rendered = [scene.render(k, instances=True) for k in range(0, 24, 3)]
+def test_scene_people_change_shape_more_than_cars():
     scores = {CAR: [], PERSON: []}
-    for a, b in pairwise(rendered):
-        for uid in np.unique(a.instances[a.instances > 0]):
-            ma, mb = a.instances == uid, b.instances == uid
-            if ma.sum() < 150 or mb.sum() < 150:
-                continue
-            if any(m[[0, -1], :].any() or m[:, [0, -1]].any() for m in (ma, mb)):
-                continue  # cut by the image border
-            scores[int(a.labels[ma][0])].append(shape_iou(ma, mb))
-    assert len(scores[CAR]) >= 3 and len(scores[PERSON]) >= 3
-    assert np.median(scores[CAR]) > 0.85
-    assert np.median(scores[PERSON]) < np.median(scores[CAR]) - 0.15
+    for seed in (4, 11):
+        scene = StreetScene(SynthConfig(seed=seed, width=320, height=240))
+        rendered = [scene.render(k, instances=True) for k in range(0, 24, 3)]
+        for a, b in pairwise(rendered):
+            for uid in np.unique(a.instances[a.instances > 0]):
+                ma, mb = a.instances == uid, b.instances == uid
+                if ma.sum() < 150 or mb.sum() < 150:
+                    continue
+                if any(m[[0, -1], :].any() or m[:, [0, -1]].any() for m in (ma, mb)):
+                    continue  # cut by the image border
+                scores[int(a.labels[ma][0])].append(shape_iou(ma, mb))
+    assert len(scores[CAR]) >= 5 and len(scores[PERSON]) >= 5
+    assert np.median(scores[CAR]) > 0.88
+    assert np.median(scores[PERSON]) < np.median(scores[CAR]) - 0.1
 
 
 def mean_flow(cfg: SynthConfig) -> tuple[float, float]:

@@ -338,9 +338,12 @@ def make_car(
 
 
 def _spaced(rng: np.random.Generator, start: float, end: float, gap: tuple[float, float]) -> list[float]:
-    """Positions from ``start`` to ``end`` with random gaps."""
-    out, a = [], start + rng.uniform(0, gap[1])
-    while a < end:
+    """Positions in ``[start, end)`` with random gaps, kept half a minimum gap away from both ends.
+
+    The margin keeps the minimum gap across segment boundaries too (no two parked cars overlap there).
+    """
+    out, a = [], start + rng.uniform(gap[0] / 2, gap[1])
+    while a < end - gap[0] / 2:
         out.append(float(a))
         a += rng.uniform(*gap)
     return out
