@@ -8,6 +8,7 @@ across the street and articulated pedestrians. Everything is a function of ``(se
 >>> for rgb, labels in generate(SynthConfig(seed=3, frames=2, width=160, height=120)):
 ...     print(rgb.shape, labels.shape, labels.max() <= 8)
 (120, 160, 3) (120, 160) True
+(120, 160, 3) (120, 160) True
 
 Label ids are those of :data:`vidseg_ros.classes.SYNTH_CLASSES`. ``speed`` scales scene time, so all
 motion (camera and objects) scales with it, while lighting drift and sensor noise follow wall-clock
