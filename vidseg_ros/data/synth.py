@@ -305,8 +305,8 @@ class StreetScene:
                 draw_plane(canvas, cam, p, self.fog)
 
         st = self.street
-        inside: list[tuple[float, int, object]] = []
-        outside: dict[int, list[tuple[float, int, object]]] = {}
+        inside: list[tuple[float, object]] = []
+        outside: dict[int, list[tuple[float, object]]] = {}
         reach = int(np.ceil(max(map(abs, self.speeds.values())) * tau / SEG_LEN)) + 1
         for i in range(lo - reach, hi + reach + 1):
             seg = self.segment(i)
@@ -316,7 +316,7 @@ class StreetScene:
                 anchor = np.array([x, 1.0, z])
                 if not cam.in_view(anchor, 6.0, FAR):
                     continue
-                item = (cam.depth(anchor), id(obj), obj)
+                item = (cam.depth(anchor), obj)
                 if st.facade_l < x < st.facade_r:
                     inside.append(item)
                 elif self._through_gap(cam.position, x, z, seg):
@@ -342,10 +342,9 @@ class StreetScene:
         zf = eye[2] + t * (z - eye[2])
         return seg.crossing.z0 - 6.0 < zf < seg.crossing.z1 + 6.0
 
-    def _objects(
-        self, canvas: Canvas, cam: Camera, tau: float, items: list[tuple[float, int, object]]
-    ) -> None:
-        for _, _, obj in sorted(items, key=lambda t: -t[0]):
+    def _objects(self, canvas: Canvas, cam: Camera, tau: float, items: list[tuple[float, object]]) -> None:
+        # Far to near; the sort is stable, so equal depths keep the (deterministic) generation order.
+        for _, obj in sorted(items, key=lambda t: -t[0]):
             if isinstance(obj, Car):
                 draw_car(canvas, cam, obj, tau, self.fog, self.sun)
             elif isinstance(obj, Person):
