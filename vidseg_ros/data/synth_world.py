@@ -91,6 +91,8 @@ class Ego:
 
 @dataclass(frozen=True)
 class Tree:
+    """A street tree standing at ``(x, z)``; ``seed`` selects its sprite."""
+
     x: float
     z: float
     height: float
@@ -112,6 +114,8 @@ class Panel:
 
 @dataclass(frozen=True)
 class Pole:
+    """A lamp post (with an arm) or a sign/traffic-light post (with panels) standing at ``(x, z)``."""
+
     x: float
     z: float
     height: float
@@ -122,6 +126,8 @@ class Pole:
 
 @dataclass(frozen=True)
 class Car:
+    """A car moving from ``(x0, z0)`` along the unit heading ``(dx, dz)`` at ``speed`` m/s (0 = parked)."""
+
     uid: int
     x0: float
     z0: float
@@ -141,6 +147,8 @@ class Car:
 
 @dataclass(frozen=True)
 class Person:
+    """A pedestrian walking from ``(x0, z0)`` along ``(dx, dz)`` at ``speed`` m/s (0 = standing)."""
+
     uid: int
     x0: float
     z0: float
