@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mcap_ros2.reader import read_ros2_messages
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
 
 from vidseg_ros.data.bags import write_synth_bag
 from vidseg_ros.data.synth import SynthConfig
@@ -17,10 +18,13 @@ def _independent_read(path: Path) -> dict[str, list[int]]:
     """Header stamps per topic, read with mcap-ros2-support rather than rosbags."""
     stamps: dict[str, list[int]] = {}
     for mcap in sorted(path.glob("*.mcap")):
-        for m in read_ros2_messages(str(mcap)):
-            header = getattr(m.ros_msg, "header", None)
-            stamp = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec if header else -1
-            stamps.setdefault(m.channel.topic, []).append(stamp)
+        with open(mcap, "rb") as f:
+            for _, channel, _, msg in make_reader(
+                f, decoder_factories=[DecoderFactory()]
+            ).iter_decoded_messages():
+                header = getattr(msg, "header", None)
+                stamp = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec if header else -1
+                stamps.setdefault(channel.topic, []).append(stamp)
     return stamps
 
 
