@@ -1,0 +1,27 @@
+"""Tiny models shared by the runtime tests (imported by name, like test/models/tiny_models.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from vidseg_ros.classes import SYNTH_CLASSES
+from vidseg_ros.models.base import VideoSegModel
+from vidseg_ros.models.registry import build_model
+
+METHODS = ("perframe", "netwarp", "twnet")
+TINY = {"backbone": "mobilenetv2", "width_mult": 0.25, "decoder_channels": 16}
+
+
+def tiny_model(method: str, seed: int = 0) -> VideoSegModel:
+    """A tiny model with every parameter nudged off its initial value.
+
+    NetWarp's fusion weights start at (1, 0) and TWNet's correction starts at zero, which would make the
+    recurrent state of a fresh model trivially independent of the previous frame; the nudge makes every path
+    (warp, FlowCNN, fusion, CFR, RGA) contribute, so carried state is really tested.
+    """
+    torch.manual_seed(seed)
+    model = build_model(method, num_classes=len(SYNTH_CLASSES), **TINY)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()

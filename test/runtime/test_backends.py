@@ -1,0 +1,271 @@
+"""Backend selection without a GPU (availability probes monkeypatched), the eager backends, and the TensorRT
+backend's export -> compile -> cache -> load path driven by a stand-in compiler."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from runtime_models import tiny_model
+
+from vidseg_ros.runtime import backends
+from vidseg_ros.runtime.backends import (
+    BACKENDS,
+    Backend,
+    BackendUnavailable,
+    CudaBackend,
+    EagerBackend,
+    TensorRTBackend,
+    choose_backend,
+    select_backend,
+)
+from vidseg_ros.runtime.engine_cache import EngineCache
+
+NO_TRT = "torch_tensorrt not importable (not installed)"
+
+
+def _machine(monkeypatch: pytest.MonkeyPatch, *, trt: bool, gpu: str | None) -> None:
+    monkeypatch.setattr(backends, "torch_tensorrt_problem", lambda: None if trt else NO_TRT)
+    monkeypatch.setattr(backends, "cuda_device_name", lambda: gpu)
+
+
+@pytest.mark.parametrize(
+    ("trt", "gpu", "expected", "reason"),
+    [
+        (
+            True,
+            "NVIDIA Orin",
+            "tensorrt",
+            "auto: torch_tensorrt importable and CUDA device 'NVIDIA Orin' present -> tensorrt",
+        ),
+        (False, "NVIDIA Orin", "cuda", f"auto: {NO_TRT}; CUDA device 'NVIDIA Orin' present -> cuda"),
+        (False, None, "cpu", f"auto: {NO_TRT}; no CUDA device -> cpu"),
+        (True, None, "cpu", "auto: torch_tensorrt importable; no CUDA device -> cpu"),
+    ],
+)
+def test_auto_picks_the_best_available_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, trt: bool, gpu: str | None, expected: str, reason: str
+) -> None:
+    _machine(monkeypatch, trt=trt, gpu=gpu)
+    assert choose_backend("auto") == (expected, "fp32", reason)
+
+
+def test_auto_falls_back_to_fp32_where_the_precision_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    _machine(monkeypatch, trt=False, gpu=None)
+    name, precision, reason = choose_backend("auto", "fp16")
+    assert (name, precision) == ("cpu", "fp32") and "precision fp16 not supported by cpu" in reason
+    _machine(monkeypatch, trt=True, gpu="RTX 4090")
+    assert choose_backend("auto", "bf16")[:2] == ("tensorrt", "fp32")
+    assert choose_backend("auto", "fp16")[:2] == ("tensorrt", "fp16")
+    _machine(monkeypatch, trt=False, gpu="RTX 4090")
+    assert choose_backend("auto", "bf16")[:2] == ("cuda", "bf16")
+
+
+def test_explicit_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    _machine(monkeypatch, trt=False, gpu=None)
+    assert choose_backend("cpu") == ("cpu", "fp32", "requested cpu")
+    with pytest.raises(
+        BackendUnavailable, match="^backend 'cuda' requested but no CUDA device is available$"
+    ):
+        choose_backend("cuda")
+    with pytest.raises(BackendUnavailable) as err:
+        choose_backend("tensorrt", "fp16")
+    message = str(err.value)
+    assert message.startswith(f"backend 'tensorrt' requested but {NO_TRT} and no CUDA device is available")
+    assert "[tensorrt] extra" in message and "\n" not in message
+
+    _machine(monkeypatch, trt=False, gpu="NVIDIA Orin")
+    assert choose_backend("cuda", "bf16") == ("cuda", "bf16", "requested cuda on 'NVIDIA Orin'")
+    with pytest.raises(
+        BackendUnavailable,
+        match="^" + re.escape(f"backend 'tensorrt' requested but {NO_TRT};"),
+    ):
+        choose_backend("tensorrt")
+    _machine(monkeypatch, trt=True, gpu=None)
+    with pytest.raises(BackendUnavailable, match="requested but no CUDA device"):
+        choose_backend("tensorrt")
+    _machine(monkeypatch, trt=True, gpu="NVIDIA Orin")
+    assert choose_backend("tensorrt", "fp16")[:2] == ("tensorrt", "fp16")
+
+
+def test_invalid_requests_are_rejected_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    _machine(monkeypatch, trt=True, gpu="NVIDIA Orin")
+    with pytest.raises(ValueError, match=re.escape("backend must be one of auto|cpu|cuda|tensorrt")):
+        choose_backend("gpu")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        choose_backend("auto", "int8")
+    with pytest.raises(ValueError, match="supports precision fp32, got 'fp16'"):
+        choose_backend("cpu", "fp16")
+    with pytest.raises(ValueError, match=re.escape("tensorrt supports precision fp32|fp16, got 'bf16'")):
+        choose_backend("tensorrt", "bf16")
+
+
+def test_real_probes_on_this_machine() -> None:
+    """Whatever this machine has, auto resolves and explains itself."""
+    name, _, reason = choose_backend("auto")
+    assert name in BACKENDS and reason.startswith("auto: ") and reason.endswith(f"-> {name}")
+    if not torch.cuda.is_available():
+        assert name == "cpu" and "no CUDA device" in reason
+
+
+@pytest.mark.parametrize("method", ["netwarp", "twnet"])
+def test_cpu_backend_runs_the_model_contract(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _machine(monkeypatch, trt=False, gpu=None)
+    model = tiny_model(method)
+    backend, reason = select_backend("auto", model, prepare=((64, 96), None))
+    assert isinstance(backend, EagerBackend) and isinstance(backend, Backend)
+    assert backend.reason == reason and backend.device.type == "cpu" and backend.precision == "fp32"
+    image, prev, flow = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 64, 96), torch.randn(1, 2, 32, 48)
+    logits, state = backend.key_step(prev)
+    logits, new_state = backend.nonkey_step(image, prev, flow, state)
+    with torch.no_grad():
+        ref_logits, ref_state = model.nonkey_step(image, prev, flow, model.key_step(prev)[1])
+    torch.testing.assert_close(logits, ref_logits)
+    torch.testing.assert_close(new_state, ref_state)
+
+
+def test_cuda_backend_flat_path_on_cpu() -> None:
+    """The cuda backend's flat-step plumbing (state keys learnt, flattened, restored), graphs off."""
+    model = tiny_model("netwarp")
+    backend = CudaBackend(model, device="cpu", cuda_graphs=False)
+    assert isinstance(backend, Backend) and backend.name == "cuda"
+    g = torch.Generator().manual_seed(0)
+    frames = [torch.randn(1, 3, 64, 96, generator=g) for _ in range(3)]
+    flow = torch.randn(1, 2, 32, 48, generator=g)
+    with torch.no_grad():
+        _, ref_state = model.key_step(frames[0])
+    _, state = backend.key_step(frames[0])
+    _, state = backend.key_step(frames[0])  # second call goes through the flat module
+    for t in (1, 2):
+        logits, state = backend.nonkey_step(frames[t], frames[t - 1], flow, state)
+        with torch.no_grad():
+            ref_logits, ref_state = model.nonkey_step(frames[t], frames[t - 1], flow, ref_state)
+        torch.testing.assert_close(logits, ref_logits)
+        torch.testing.assert_close(state, ref_state)
+    with pytest.raises(ValueError, match="supports precision"):
+        CudaBackend(model, device="cpu", precision="int8")
+
+
+def test_auto_falls_back_to_cuda_when_tensorrt_fails(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    _machine(monkeypatch, trt=True, gpu="NVIDIA Orin")
+
+    class BrokenTRT:
+        def __init__(self, *args, **kwargs) -> None:
+            raise RuntimeError("Conversion of aten.grid_sampler_2d failed\nlong traceback")
+
+    class FakeCuda(EagerBackend):
+        name = "cuda"
+
+        def __init__(self, model, *, precision, reason, cuda_graphs) -> None:
+            super().__init__(model, reason=reason)
+            self.precision = precision
+
+    monkeypatch.setattr(backends, "TensorRTBackend", BrokenTRT)
+    monkeypatch.setattr(backends, "CudaBackend", FakeCuda)
+    model = tiny_model("perframe")
+    with caplog.at_level(logging.WARNING, logger="vidseg_ros.runtime.backends"):
+        backend, reason = select_backend("auto", model, precision="fp16")
+    assert isinstance(backend, FakeCuda) and backend.precision == "fp16"
+    assert reason.endswith("-> tensorrt; tensorrt failed (Conversion of aten.grid_sampler_2d failed) -> cuda")
+    assert "falling back to cuda" in caplog.text
+    with pytest.raises(RuntimeError, match="grid_sampler"):
+        select_backend("tensorrt", model)
+
+
+class FakeTorchTensorRT(types.ModuleType):
+    """Stands in for torch_tensorrt: 'compiles' an ExportedProgram to itself and saves it with torch.export."""
+
+    __version__ = "0.0-test"
+
+    def __init__(self, *, new_api: bool) -> None:
+        super().__init__("torch_tensorrt")
+        self.compiles: list[dict] = []
+        self.dynamo = types.SimpleNamespace(compile=self._compile_new if new_api else self._compile_old)
+        self.save = self._save
+
+    def _compile_new(self, program, arg_inputs=None, *, use_explicit_typing=True, enable_autocast=False, low_precision_type=None, **kw):  # fmt: skip
+        self.compiles.append({"explicit": use_explicit_typing, "autocast": enable_autocast, **kw})
+        return program
+
+    def _compile_old(self, program, inputs=None, *, enabled_precisions=None, **kw):
+        self.compiles.append({"enabled_precisions": enabled_precisions, **kw})
+        return program
+
+    def _save(self, program, file_path, *, output_format="exported_program", arg_inputs=None, inputs=None):
+        assert output_format == "exported_program" and arg_inputs is not None
+        torch.export.save(program, file_path)
+
+
+@pytest.fixture
+def fake_trt(monkeypatch: pytest.MonkeyPatch) -> FakeTorchTensorRT:
+    fake = FakeTorchTensorRT(new_api=True)
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", fake)
+    monkeypatch.setattr(backends, "torch_tensorrt_problem", lambda: None)
+    env = {
+        "torch_tensorrt_version": "0.0-test",
+        "tensorrt_version": "10.0",
+        "gpu_name": "Fake",
+        "compute_capability": "8.7",
+    }
+    monkeypatch.setattr(backends, "tensorrt_environment", lambda device=None: dict(env))
+    return fake
+
+
+def test_tensorrt_backend_compiles_caches_and_carries_state(
+    fake_trt: FakeTorchTensorRT, tmp_path: Path
+) -> None:
+    model = tiny_model("twnet")
+    cache = EngineCache(tmp_path, suffix=backends.TRT_SUFFIX)
+    lines: list[str] = []
+    backend = TensorRTBackend(
+        model, precision="fp16", cache=cache, model_hash="m1", device="cpu", progress=lines.append
+    )
+    assert isinstance(backend, Backend)
+    backend.prepare((48, 64))
+    assert [r.status for r in backend.results] == ["built", "built"] and len(fake_trt.compiles) == 2
+    assert fake_trt.compiles[0] == {"explicit": True, "autocast": True}
+    assert any("building" in line for line in lines)
+
+    g = torch.Generator().manual_seed(0)
+    frames = [torch.randn(1, 3, 48, 64, generator=g) for _ in range(4)]
+    flows = [torch.randn(1, 2, 24, 32, generator=g) * 2 for _ in range(4)]
+    _, state = backend.key_step(frames[0])
+    with torch.no_grad():
+        _, ref_state = model.key_step(frames[0])
+        for t in range(1, 4):
+            logits, state = backend.nonkey_step(frames[t], frames[t - 1], flows[t], state)
+            ref_logits, ref_state = model.nonkey_step(frames[t], frames[t - 1], flows[t], ref_state)
+            torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(state, ref_state, rtol=1e-5, atol=1e-5)
+
+    # A second process with the same model, shapes and toolchain loads both engines without compiling.
+    again = TensorRTBackend(model, precision="fp16", cache=cache, model_hash="m1", device="cpu")
+    again.prepare((48, 64))
+    assert [r.status for r in again.results] == ["hit", "hit"] and len(fake_trt.compiles) == 2
+    # Another size is another engine, built lazily on first use.
+    again.key_step(torch.randn(1, 3, 32, 64))
+    assert again.results[-1].status == "built" and len(fake_trt.compiles) == 3
+
+
+def test_fp16_settings_follow_the_installed_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    new, old = FakeTorchTensorRT(new_api=True), FakeTorchTensorRT(new_api=False)
+    assert backends._precision_kwargs(new.dynamo.compile, "fp32") == {}
+    assert backends._precision_kwargs(new.dynamo.compile, "fp16") == {
+        "use_explicit_typing": True,
+        "enable_autocast": True,
+        "low_precision_type": torch.float16,
+    }
+    assert backends._precision_kwargs(old.dynamo.compile, "fp16") == {
+        "enabled_precisions": {torch.float32, torch.float16}
+    }
+
+
+def test_tensorrt_backend_without_torch_tensorrt_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backends, "torch_tensorrt_problem", lambda: NO_TRT)
+    with pytest.raises(BackendUnavailable, match="not installed"):
+        TensorRTBackend(tiny_model("perframe"), precision="fp32", device="cpu")

@@ -1,0 +1,612 @@
+"""Where and how a model's step functions run: PyTorch eager on CPU or CUDA, or TensorRT engines.
+
+Every backend exposes the model contract of :mod:`vidseg_ros.models.base` on device tensors, so the
+segmenter does not care which one it drives:
+
+=========  ===========================================================================================
+cpu        PyTorch eager, fp32.
+cuda       PyTorch eager; fp16/bf16 through autocast; each step is captured once per input shape into a
+           CUDA graph and replayed (shapes are static once the node has fixed its inference size).
+tensorrt   torch-tensorrt, dynamo frontend: each step function is exported with ``torch.export`` as a flat
+           module (state tensors in and out explicitly), compiled with static shapes, and cached on disk
+           by :class:`~vidseg_ros.runtime.engine_cache.EngineCache`. Imported lazily; optional.
+=========  ===========================================================================================
+
+:func:`select_backend` resolves ``auto`` (tensorrt if importable and CUDA is present, else cuda, else cpu) and
+says why in words, for the log and /diagnostics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from vidseg_ros.models.base import State, VideoSegModel
+from vidseg_ros.runtime.engine_cache import CacheResult, EngineCache, EngineKey
+
+log = logging.getLogger(__name__)
+
+REQUESTS = ("auto", "cpu", "cuda", "tensorrt")
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    "cpu": ("fp32",),
+    "cuda": ("fp32", "fp16", "bf16"),
+    "tensorrt": ("fp32", "fp16"),
+}
+#: Artifact extension of cached TensorRT programs (``torch_tensorrt.save`` as an ExportedProgram).
+TRT_SUFFIX = ".ep"
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend was requested explicitly but cannot run here (missing package or device)."""
+
+
+# ------------------------------------------------------------------------------------------ step functions
+class FlatKeyStep(nn.Module):
+    """``key_step`` with flat outputs ``(logits, *state[k] for k in state_keys)`` (ONNX/TensorRT friendly)."""
+
+    def __init__(self, model: VideoSegModel, state_keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.state_keys = tuple(state_keys)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        logits, state = self.model.key_step(image)
+        return (logits, *(state[k] for k in self.state_keys))
+
+
+class FlatNonKeyStep(FlatKeyStep):
+    """``nonkey_step`` with flat inputs ``(image, prev_image, flow, *state)`` and outputs ``(logits, *state)``."""
+
+    def forward(self, image: Tensor, prev_image: Tensor, flow: Tensor, *state: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        logits, new_state = self.model.nonkey_step(
+            image, prev_image, flow, dict(zip(self.state_keys, state, strict=True))
+        )
+        return (logits, *(new_state[k] for k in self.state_keys))
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One exportable step function with example inputs of the static shapes it is built for."""
+
+    name: str
+    module: nn.Module
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    example_inputs: tuple[Tensor, ...]
+    state_keys: tuple[str, ...]
+
+    @property
+    def input_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(t.shape) for t in self.example_inputs)
+
+
+def step_names(model: VideoSegModel) -> tuple[str, ...]:
+    """``("key",)`` for models without motion (per-frame), else ``("key", "nonkey")``."""
+    return ("key", "nonkey") if model.uses_motion else ("key",)
+
+
+def default_flow_hw(image_hw: tuple[int, int], flow_downscale: int = 2) -> tuple[int, int]:
+    """The flow size the segmenter produces for an inference size (``max(1, side // downscale)``)."""
+    return max(1, image_hw[0] // flow_downscale), max(1, image_hw[1] // flow_downscale)
+
+
+def step_specs(
+    model: VideoSegModel,
+    image_hw: tuple[int, int],
+    flow_hw: tuple[int, int] | None = None,
+    *,
+    steps: tuple[str, ...] | None = None,
+    seed: int = 0,
+) -> list[StepSpec]:
+    """Flat step modules of ``model`` with random example inputs of ``image_hw`` (and ``flow_hw``).
+
+    State keys are taken, sorted, from one ``key_step`` on a random frame; that frame's state is the example
+    state of the non-key step, so every shape is exactly what the model produces.
+    """
+    device = next(model.parameters()).device
+    h, w = image_hw
+    fh, fw = flow_hw or default_flow_hw(image_hw)
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(1, 3, h, w, generator=g).to(device)
+    prev = torch.randn(1, 3, h, w, generator=g).to(device)
+    flow = (torch.randn(1, 2, fh, fw, generator=g) * 2.0).to(device)
+    with torch.no_grad():
+        _, state = model.key_step(prev)
+    keys = tuple(sorted(state))
+    state_in = tuple(f"state_{k}" for k in keys)
+    state_out = tuple(f"next_state_{k}" for k in keys)
+    specs = []
+    for name in steps or step_names(model):
+        if name == "key":
+            specs.append(
+                StepSpec(
+                    "key", FlatKeyStep(model, keys).eval(), ("image",), ("logits", *state_out), (image,), keys
+                )
+            )
+        elif name == "nonkey":
+            specs.append(
+                StepSpec(
+                    "nonkey",
+                    FlatNonKeyStep(model, keys).eval(),
+                    ("image", "prev_image", "flow", *state_in),
+                    ("logits", *state_out),
+                    (image, prev, flow, *(state[k] for k in keys)),
+                    keys,
+                )
+            )
+        else:
+            raise ValueError(f"unknown step {name!r}; expected key or nonkey")
+    return specs
+
+
+def model_fingerprint(model: VideoSegModel) -> str:
+    """SHA-256 of the architecture and every weight: a model hash when no checkpoint file is at hand."""
+    from vidseg_ros.models.registry import arch_config
+
+    digest = hashlib.sha256(json.dumps(arch_config(model), sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ protocol
+@runtime_checkable
+class Backend(Protocol):
+    """What the segmenter needs from a backend. Tensors are on :attr:`device`; state is the model's dict."""
+
+    name: str
+    device: torch.device
+    precision: str
+    #: Why this backend was chosen (``select_backend``'s words), for the log and /diagnostics.
+    reason: str
+
+    def prepare(self, image_hw: tuple[int, int], flow_hw: tuple[int, int] | None = None) -> None:
+        """Does the one-off work for these shapes now (engine build/load, graph capture) instead of on frame 1."""
+        ...
+
+    def key_step(self, image: Tensor) -> tuple[Tensor, State]: ...
+
+    def nonkey_step(
+        self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
+    ) -> tuple[Tensor, State]: ...
+
+
+def _check_precision(backend: str, precision: str) -> str:
+    if precision not in PRECISIONS[backend]:
+        raise ValueError(
+            f"backend {backend} supports precision {'|'.join(PRECISIONS[backend])}, got {precision!r}"
+        )
+    return precision
+
+
+class EagerBackend:
+    """PyTorch eager on the CPU (fp32)."""
+
+    name: ClassVar[str] = "cpu"
+
+    def __init__(
+        self, model: VideoSegModel, *, precision: str = "fp32", reason: str = "", device: str = "cpu"
+    ) -> None:
+        self.precision = _check_precision(self.name, precision)
+        self.reason = reason or f"requested {self.name}"
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    def prepare(self, image_hw: tuple[int, int], flow_hw: tuple[int, int] | None = None) -> None:
+        return None
+
+    @torch.inference_mode()
+    def key_step(self, image: Tensor) -> tuple[Tensor, State]:
+        return self.model.key_step(image)
+
+    @torch.inference_mode()
+    def nonkey_step(
+        self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
+    ) -> tuple[Tensor, State]:
+        return self.model.nonkey_step(image, prev_image, flow, state)
+
+
+class _GraphedStep:
+    """A flat step captured into a CUDA graph: inputs are copied into static buffers, outputs cloned out."""
+
+    def __init__(self, graph: Any, static_in: tuple[Tensor, ...], static_out: tuple[Tensor, ...]) -> None:
+        self.graph, self.static_in, self.static_out = graph, static_in, static_out
+
+    def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        for dst, src in zip(self.static_in, inputs, strict=True):
+            dst.copy_(src)
+        self.graph.replay()
+        # Cloned because the next replay overwrites the static outputs while a stream still holds its state.
+        return tuple(t.clone() for t in self.static_out)
+
+
+class CudaBackend(EagerBackend):
+    """PyTorch eager on a CUDA device, optionally under fp16/bf16 autocast and replayed from CUDA graphs.
+
+    A graph is captured per (step, input shapes and dtypes) on the first call with those shapes, after a few
+    warm-up runs on a side stream; a capture failure is logged and that signature runs eagerly from then on.
+    """
+
+    name: ClassVar[str] = "cuda"
+    MAX_GRAPHS = 8
+
+    def __init__(
+        self,
+        model: VideoSegModel,
+        *,
+        precision: str = "fp32",
+        reason: str = "",
+        device: str = "cuda",
+        cuda_graphs: bool = True,
+    ) -> None:
+        super().__init__(model, precision=precision, reason=reason, device=device)
+        self.autocast_dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict[tuple, _GraphedStep | None] = {}
+        self._modules: dict[tuple, nn.Module] = {}
+        self._state_keys: tuple[str, ...] | None = None
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        # No weight-cast cache: cached casts would be captured into a graph and go stale.
+        return torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
+
+    def _eager(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        with self._autocast():
+            return module(*inputs)
+
+    def _capture(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> _GraphedStep | None:
+        try:
+            static_in = tuple(t.clone() for t in inputs)
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._eager(module, static_in)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._eager(module, static_in)
+            return _GraphedStep(graph, static_in, tuple(static_out))
+        except RuntimeError as e:
+            log.warning("CUDA graph capture failed (%s); running this step eagerly", str(e).splitlines()[0])
+            return None
+
+    def _run(self, step: str, inputs: tuple[Tensor, ...]) -> tuple[Tensor, State]:
+        keys = self._state_keys or ()
+        module = self._modules.get((step, keys))
+        if module is None:
+            module = FlatKeyStep(self.model, keys) if step == "key" else FlatNonKeyStep(self.model, keys)
+            self._modules[(step, keys)] = module
+        signature = (step, keys, tuple((tuple(t.shape), t.dtype) for t in inputs))
+        if signature not in self._graphs:
+            capture = self.cuda_graphs and len(self._graphs) < self.MAX_GRAPHS
+            self._graphs[signature] = self._capture(module, inputs) if capture else None
+        runner = self._graphs[signature]
+        out = runner(*inputs) if runner is not None else self._eager(module, inputs)
+        return out[0], dict(zip(keys, out[1:], strict=True))
+
+    @torch.inference_mode()
+    def key_step(self, image: Tensor) -> tuple[Tensor, State]:
+        if self._state_keys is None:
+            # The first call learns the state layout; flat (graphable) calls need it.
+            with self._autocast():
+                logits, state = self.model.key_step(image)
+            self._state_keys = tuple(sorted(state))
+            return logits, state
+        return self._run("key", (image,))
+
+    @torch.inference_mode()
+    def nonkey_step(
+        self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
+    ) -> tuple[Tensor, State]:
+        self._state_keys = tuple(sorted(state))
+        return self._run("nonkey", (image, prev_image, flow, *(state[k] for k in self._state_keys)))
+
+    def prepare(self, image_hw: tuple[int, int], flow_hw: tuple[int, int] | None = None) -> None:
+        for spec in step_specs(self.model, image_hw, flow_hw):
+            inputs = spec.example_inputs
+            if spec.name == "key":
+                self.key_step(*inputs)
+                self.key_step(*inputs)
+            else:
+                state = dict(zip(spec.state_keys, inputs[3:], strict=True))
+                self.nonkey_step(inputs[0], inputs[1], inputs[2], state)
+
+
+# ------------------------------------------------------------------------------------------------ tensorrt
+def import_torch_tensorrt() -> Any:
+    """``torch_tensorrt``, imported on first use; raises BackendUnavailable with the reason."""
+    problem = torch_tensorrt_problem()
+    if problem is not None:
+        raise BackendUnavailable(problem)
+    return importlib.import_module("torch_tensorrt")
+
+
+def tensorrt_environment(device: torch.device | None = None) -> dict[str, str]:
+    """The toolchain and GPU fields of an engine cache key."""
+    trt = import_torch_tensorrt()
+    try:
+        trt_version = importlib.import_module("tensorrt").__version__
+    except ImportError:
+        trt_version = "unknown"
+    index = (device or torch.device("cuda")).index or 0
+    major, minor = torch.cuda.get_device_capability(index)
+    return {
+        "torch_tensorrt_version": str(trt.__version__),
+        "tensorrt_version": str(trt_version),
+        "gpu_name": torch.cuda.get_device_name(index),
+        "compute_capability": f"{major}.{minor}",
+    }
+
+
+def _precision_kwargs(compile_fn: Callable, precision: str) -> dict[str, Any]:
+    """fp16 settings for the installed torch-tensorrt; state tensors stay fp32 at the engine's boundary."""
+    if precision == "fp32":
+        return {}
+    params = inspect.signature(compile_fn).parameters
+    if "enable_autocast" in params:  # torch-tensorrt >= 2.10: rule-based autocast (weak typing is deprecated)
+        kwargs: dict[str, Any] = {"use_explicit_typing": True, "enable_autocast": True}
+        if "low_precision_type" in params:
+            kwargs["low_precision_type"] = torch.float16
+        return kwargs
+    kwargs = {"enabled_precisions": {torch.float32, torch.float16}}
+    if "use_explicit_typing" in params:
+        kwargs["use_explicit_typing"] = False
+    return kwargs
+
+
+def build_tensorrt_step(spec: StepSpec, precision: str, path: Path) -> None:
+    """Exports ``spec`` with ``torch.export``, compiles it with static shapes and saves it to ``path``."""
+    trt = import_torch_tensorrt()
+    inputs = list(spec.example_inputs)
+    program = torch.export.export(spec.module, tuple(inputs), strict=False)
+    compiled = trt.dynamo.compile(program, inputs, **_precision_kwargs(trt.dynamo.compile, precision))
+    save_params = inspect.signature(trt.save).parameters
+    arg = "arg_inputs" if "arg_inputs" in save_params else "inputs"
+    trt.save(compiled, str(path), output_format="exported_program", **{arg: inputs})
+
+
+def load_tensorrt_step(path: Path) -> Callable[..., Any]:
+    import_torch_tensorrt()  # registers the TensorRT runtime ops the saved program calls
+    return torch.export.load(str(path)).module()
+
+
+class TensorRTBackend:
+    """Steps compiled by torch-tensorrt (dynamo frontend) per static input shape, cached on disk.
+
+    Args:
+        model: The model; its eager copy is only used to derive state shapes and to trace.
+        precision: ``fp32`` or ``fp16``.
+        cache: Engine cache (default: :func:`~vidseg_ros.runtime.engine_cache.default_cache_dir`).
+        model_hash: Key of the weights, e.g. the checkpoint's :func:`file_hash`; default: a fingerprint.
+        progress: Called with a line of text before each engine is loaded or built (builds take minutes).
+        device: The CUDA device (default: the current one).
+    """
+
+    name: ClassVar[str] = "tensorrt"
+
+    def __init__(
+        self,
+        model: VideoSegModel,
+        *,
+        precision: str = "fp16",
+        reason: str = "",
+        cache: EngineCache | None = None,
+        model_hash: str | None = None,
+        progress: Callable[[str], None] | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.precision = _check_precision(self.name, precision)
+        import_torch_tensorrt()
+        if device is None:
+            if not torch.cuda.is_available():
+                raise BackendUnavailable("TensorRT needs a CUDA device and none is available")
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.reason = reason or "requested tensorrt"
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.cache = cache or EngineCache(suffix=TRT_SUFFIX)
+        self.model_hash = model_hash or model_fingerprint(model)
+        self.progress = progress
+        self.results: list[CacheResult] = []
+        self._env = tensorrt_environment(self.device)
+        self._engines: dict[tuple, tuple[Callable[..., Any], tuple[str, ...]]] = {}
+
+    def engine_key(self, spec: StepSpec) -> EngineKey:
+        return EngineKey(
+            model_hash=self.model_hash,
+            step=spec.name,
+            input_shapes=spec.input_shapes,
+            precision=self.precision,
+            **self._env,
+        )
+
+    def load_or_build(self, spec: StepSpec) -> CacheResult:
+        """Loads the engine of ``spec`` from the cache, building it first if needed."""
+        key = self.engine_key(spec)
+        if self.progress is not None:
+            state = "cached" if self.cache.check(key) is None else "building (can take minutes)"
+            self.progress(
+                f"{spec.name} step {'x'.join(map(str, spec.input_shapes[0][-2:]))} {self.precision}: {state}"
+            )
+        result = self.cache.get_or_build(
+            key,
+            lambda path: build_tensorrt_step(spec, self.precision, path),
+            load_tensorrt_step,
+            extra={"inputs": list(spec.input_names), "outputs": list(spec.output_names)},
+        )
+        self.results.append(result)
+        log.info("tensorrt %s step: %s %s", spec.name, result.status, result.path)
+        self._engines[(spec.name, spec.input_shapes)] = (result.value, spec.state_keys)
+        return result
+
+    def prepare(self, image_hw: tuple[int, int], flow_hw: tuple[int, int] | None = None) -> None:
+        for spec in step_specs(self.model, image_hw, flow_hw):
+            if (spec.name, spec.input_shapes) not in self._engines:
+                self.load_or_build(spec)
+
+    def _run(
+        self, step: str, inputs: tuple[Tensor, ...], flow_hw: tuple[int, int] | None
+    ) -> tuple[Tensor, State]:
+        shapes = tuple(tuple(t.shape) for t in inputs)
+        if (step, shapes) not in self._engines:
+            image_hw = (int(inputs[0].shape[-2]), int(inputs[0].shape[-1]))
+            for spec in step_specs(self.model, image_hw, flow_hw, steps=(step,)):
+                self.load_or_build(spec)
+        engine, keys = self._engines[(step, shapes)]
+        out = engine(*(t.float().contiguous() for t in inputs))
+        out = tuple(out) if isinstance(out, list | tuple) else (out,)
+        return out[0], dict(zip(keys, out[1:], strict=True))
+
+    @torch.inference_mode()
+    def key_step(self, image: Tensor) -> tuple[Tensor, State]:
+        return self._run("key", (image,), None)
+
+    @torch.inference_mode()
+    def nonkey_step(
+        self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
+    ) -> tuple[Tensor, State]:
+        keys = tuple(sorted(state))
+        flow_hw = (int(flow.shape[-2]), int(flow.shape[-1]))
+        return self._run("nonkey", (image, prev_image, flow, *(state[k] for k in keys)), flow_hw)
+
+
+BACKENDS: dict[str, type] = {"cpu": EagerBackend, "cuda": CudaBackend, "tensorrt": TensorRTBackend}
+
+
+# ----------------------------------------------------------------------------------------------- selection
+def torch_tensorrt_problem() -> str | None:
+    """None when ``torch_tensorrt`` imports; otherwise why not, in words."""
+    if importlib.util.find_spec("torch_tensorrt") is None:
+        return "torch_tensorrt not importable (not installed)"
+    try:
+        importlib.import_module("torch_tensorrt")
+    except Exception as e:  # noqa: BLE001 - a broken install raises anything from ImportError to OSError
+        return (
+            f"torch_tensorrt not importable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        )
+    return None
+
+
+def cuda_device_name() -> str | None:
+    """Name of the current CUDA device, or None when there is none."""
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(torch.cuda.current_device())
+
+
+def choose_backend(requested: str, precision: str = "fp32") -> tuple[str, str, str]:
+    """Decides ``(backend, precision, reason)`` without building anything.
+
+    ``auto`` never fails: it falls back to a backend that runs here, and to fp32 when the chosen backend lacks
+    the requested precision. An explicit request that cannot be honoured raises.
+
+    Raises:
+        ValueError: Unknown request or precision, or a precision the requested backend lacks.
+        BackendUnavailable: ``cuda``/``tensorrt`` requested without CUDA, or ``tensorrt`` not importable.
+    """
+    if requested not in REQUESTS:
+        raise ValueError(f"backend must be one of {'|'.join(REQUESTS)}, got {requested!r}")
+    if precision not in PRECISIONS["cuda"]:
+        raise ValueError(f"precision must be one of {'|'.join(PRECISIONS['cuda'])}, got {precision!r}")
+    gpu = cuda_device_name() if requested != "cpu" else None
+    if requested == "auto":
+        trt_problem = torch_tensorrt_problem()
+        if trt_problem is None and gpu:
+            name, why = "tensorrt", f"torch_tensorrt importable and CUDA device '{gpu}' present"
+        elif gpu:
+            name, why = "cuda", f"{trt_problem}; CUDA device '{gpu}' present"
+        else:
+            name, why = "cpu", f"{trt_problem or 'torch_tensorrt importable'}; no CUDA device"
+        reason = f"auto: {why} -> {name}"
+        if precision not in PRECISIONS[name]:
+            reason += f" (precision {precision} not supported by {name}; using fp32)"
+            precision = "fp32"
+        return name, precision, reason
+    _check_precision(requested, precision)
+    if requested == "cpu":
+        return "cpu", precision, "requested cpu"
+    problems = [torch_tensorrt_problem()] if requested == "tensorrt" else []
+    if not gpu:
+        problems.append("no CUDA device is available")
+    problems = [p for p in problems if p]
+    if problems:
+        hint = ""
+        if requested == "tensorrt":
+            hint = (
+                "; install the [tensorrt] extra (JetPack: NVIDIA's torch-tensorrt wheel) or use backend auto"
+            )
+        raise BackendUnavailable(f"backend '{requested}' requested but {' and '.join(problems)}{hint}")
+    return requested, precision, f"requested {requested} on '{gpu}'"
+
+
+def select_backend(
+    requested: str,
+    model: VideoSegModel,
+    *,
+    precision: str = "fp32",
+    cache_dir: str | Path | None = None,
+    model_hash: str | None = None,
+    cuda_graphs: bool = True,
+    prepare: tuple[tuple[int, int], tuple[int, int] | None] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Backend, str]:
+    """Builds the backend :func:`choose_backend` picks and returns it with the reason.
+
+    Args:
+        requested: ``auto``, ``cpu``, ``cuda`` or ``tensorrt``.
+        model: The model (moved to the backend's device).
+        precision: ``fp32``, ``fp16`` or ``bf16`` (bf16: cuda only).
+        cache_dir: TensorRT engine cache directory (default: ``$VIDSEG_ENGINE_CACHE`` or ``~/.cache``).
+        model_hash: Checkpoint hash for the engine cache key (default: fingerprint of the weights).
+        cuda_graphs: Let the cuda backend replay CUDA graphs.
+        prepare: ``(image_hw, flow_hw)`` to build/capture for now. Under ``auto``, a TensorRT failure here
+            falls back to the cuda backend (logged and added to the reason) instead of failing.
+        progress: Progress lines of TensorRT engine builds.
+    """
+    name, precision, reason = choose_backend(requested, precision)
+    backend: Backend
+    if name == "tensorrt":
+        try:
+            backend = TensorRTBackend(
+                model,
+                precision=precision,
+                reason=reason,
+                cache=EngineCache(cache_dir, suffix=TRT_SUFFIX),
+                model_hash=model_hash,
+                progress=progress,
+            )
+            if prepare is not None:
+                backend.prepare(*prepare)
+            return backend, reason
+        except Exception as e:  # noqa: BLE001 - any compiler failure; explicit requests re-raise it
+            if requested != "auto":
+                raise
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log.warning("tensorrt backend failed (%s); falling back to cuda", first)
+            reason = f"{reason}; tensorrt failed ({first}) -> cuda"
+            name = "cuda"
+            if precision not in PRECISIONS["cuda"]:  # pragma: no cover - fp32/fp16 are both cuda precisions
+                precision = "fp32"
+    if name == "cuda":
+        backend = CudaBackend(model, precision=precision, reason=reason, cuda_graphs=cuda_graphs)
+    else:
+        backend = EagerBackend(model, precision=precision, reason=reason)
+    if prepare is not None:
+        backend.prepare(*prepare)
+    return backend, reason
