@@ -1,0 +1,658 @@
+"""``vidseg bench``: per-frame vs NetWarp vs TWNet, the node's stages and its end-to-end latency, in one run.
+
+Everything is timed on the current machine in one process (plus one ``seg_node`` child), so the ratios compare
+like with like. Times are medians over repeats (p50); "inference" is the model step alone, and the ratios to
+per-frame divide by the per-frame model step at the same size.
+
+JSON written with ``--json`` (format ``vidseg-bench/1``)::
+
+    machine        platform, cores, torch version and threads, load average at start and end
+    config         sizes (WxH), repeats per size, backbone, width_mult, key_interval, flow_downscale, models
+    models         {size: {method: {key_ms, nonkey_ms, flow_ms, avg_ms, stages_ms}}}; avg_ms is the mean model
+                   time per frame at key_interval (non-key frames include flow); stages_ms is the average
+                   frame split into decode, preprocess, flow, inference, postprocess, publish
+    io             {size: {decode_ms, encode_ms, publish_ms, total_ms, samples}}  (real rclpy publisher)
+    netwarp_extra  {size: {flow_ms, flowcnn_warp_ms, extra_ms, fraction_of_perframe}}
+    dis_fraction   {size: DIS flow time / per-frame model time}
+    node_overhead  decode + encode + publish p50 at the first size, without the model
+    node_latency   seg_node child: publish -> mask received p50/p90, node stage p50s, bare Stream.step p50
+                   and the difference; or {"skipped": reason}
+    targets        [{name, size, value, limit, pass, detail}] for the issue's four targets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import textwrap
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vidseg_ros.tools.export import parse_size
+
+FORMAT = "vidseg-bench/1"
+METHODS = ("perframe", "netwarp", "twnet")
+REF_PIXELS = 640 * 480
+STAGES = ("decode", "preprocess", "flow", "inference", "postprocess", "publish")
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    return [parse_size(s) for s in text.split(",") if s.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", type=Path, help="Write the results as JSON to this file.")
+    p.add_argument("--plot", type=Path, help="PNG bar chart (default: the JSON path with .png, if --json).")
+    p.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=_sizes("640x480,1024x512,2048x1024"),
+        help="Comma-separated WxH sizes (default 640x480,1024x512,2048x1024; the last is Cityscapes' full "
+        "1024x2048 HxW). The first size is the reference of the DIS and node targets.",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=10, help="Timed repeats at 640x480; larger sizes get fewer (min 3)."
+    )
+    p.add_argument("--backbone", default="mobilenetv2", choices=("mobilenetv2", "resnet18"))
+    p.add_argument("--width-mult", type=float, default=0.5, help="MobileNetV2 width (default 0.5).")
+    p.add_argument("--checkpoint-dir", type=Path, help="Where to look for <method>_<backbone>_*.pt.")
+    p.add_argument("--key-interval", type=int, default=12, help="TWNet/NetWarp key interval for averages.")
+    p.add_argument("--flow-downscale", type=int, default=2, help="As the node's motion.flow_downscale.")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
+    p.add_argument("--node-frames", type=int, default=30, help="Frames sent to seg_node (0: skip the node).")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def p50(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def synthetic_frames(w: int, h: int, n: int, seed: int = 0) -> list[np.ndarray]:
+    """A textured scene panning 3 px right and 1 px down per frame, so DIS has real motion to find."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    pad = 3 * n + 8
+    big = (w + 2 * pad, h + 2 * pad)
+    coarse = rng.integers(0, 256, (big[1] // 16 + 2, big[0] // 16 + 2, 3), dtype=np.uint8)
+    scene = cv2.resize(coarse, big, interpolation=cv2.INTER_CUBIC)
+    scene = np.clip(scene.astype(np.int16) + rng.integers(-20, 21, scene.shape), 0, 255).astype(np.uint8)
+    return [
+        np.ascontiguousarray(scene[pad + t : pad + t + h, pad + 3 * t : pad + 3 * t + w]) for t in range(n)
+    ]
+
+
+def repeats_for(size: tuple[int, int], repeats: int) -> int:
+    scaled = round(repeats * REF_PIXELS / (size[0] * size[1]))
+    return max(min(3, repeats), min(repeats, scaled))
+
+
+@dataclass
+class Loaded:
+    model: Any
+    meta: Any
+    source: str
+    checkpoint: Path | None
+
+
+def load_models(args: argparse.Namespace) -> dict[str, Loaded]:
+    """Shipped (or --checkpoint-dir) checkpoints of the requested architecture, else untrained models."""
+    from vidseg_ros.classes import SYNTH_CLASSES, SYNTH_PALETTE
+    from vidseg_ros.models.registry import build_model
+    from vidseg_ros.runtime.checkpoint import CheckpointError, ModelMeta, load_checkpoint, packaged_checkpoint
+
+    folder = args.checkpoint_dir or packaged_checkpoint("x").parent
+    width = args.width_mult if args.backbone == "mobilenetv2" else 1.0
+    out = {}
+    for method in METHODS:
+        found = None
+        for path in sorted(folder.glob(f"{method}_{args.backbone}_*.pt")):
+            try:
+                model, meta = load_checkpoint(path)
+            except CheckpointError as e:
+                print(f"  ignoring {path.name}: {e}")
+                continue
+            if meta.arch.get("width_mult", 1.0) == width:
+                found = Loaded(model, meta, path.name, path)
+                break
+            print(f"  ignoring {path.name}: width_mult {meta.arch.get('width_mult')} != {width}")
+        if found is None:
+            model = build_model(
+                method, backbone=args.backbone, width_mult=width, num_classes=len(SYNTH_CLASSES)
+            )
+            arch = {"method": method, **model.config()}
+            meta = ModelMeta(method, arch, list(SYNTH_CLASSES), [list(c) for c in SYNTH_PALETTE])
+            found = Loaded(model.eval(), meta, "untrained (timing does not depend on weights)", None)
+        out[method] = found
+    return out
+
+
+# ------------------------------------------------------------------------------------------ measurements
+def time_models(
+    loaded: dict[str, Loaded], size: tuple[int, int], repeats: int, args: argparse.Namespace, bar: Any
+) -> dict[str, dict[str, list[float]]]:
+    """Per method: lists of preprocess, flow, key/nonkey inference and postprocess times (ms)."""
+    from vidseg_ros.runtime.segmenter import Segmenter
+
+    w, h = size
+    frames = synthetic_frames(w, h, repeats + 2)
+    segs = {
+        m: Segmenter(x.model, x.meta, input_size=size, flow_downscale=args.flow_downscale)
+        for m, x in loaded.items()
+    }
+    samples: dict[str, dict[str, list[float]]] = {m: {} for m in segs}
+
+    def add(method: str, name: str, seconds: float) -> None:
+        samples[method].setdefault(name, []).append(seconds * 1e3)
+
+    # Repeat 0 warms up (allocator, oneDNN primitives for these shapes) and is not recorded.
+    for r in range(repeats + 1):
+        for method, seg in segs.items():  # interleaved, so drift of the machine hits all methods alike
+            prev = seg.prepare(frames[r])
+            t0 = time.perf_counter()
+            cur = seg.prepare(frames[r + 1])
+            t1 = time.perf_counter()
+            logits, state = seg.key_step(cur)
+            t2 = time.perf_counter()
+            seg.to_mask(logits, (h, w))
+            t3 = time.perf_counter()
+            if r:
+                add(method, "preprocess", t1 - t0)
+                add(method, "key", t2 - t1)
+                add(method, "postprocess", t3 - t2)
+            if seg.uses_motion:
+                t0 = time.perf_counter()
+                flow = seg.motion(cur, prev)
+                t1 = time.perf_counter()
+                seg.nonkey_step(cur, prev, flow, state)
+                t2 = time.perf_counter()
+                if r:
+                    add(method, "flow", t1 - t0)
+                    add(method, "nonkey", t2 - t1)
+        bar.update(1)
+    return samples
+
+
+def summarise(samples: dict[str, dict[str, list[float]]], io: dict[str, float], k: int) -> dict[str, Any]:
+    out = {}
+    for method, s in samples.items():
+        key = p50(s["key"])
+        flow = p50(s["flow"]) if "flow" in s else 0.0
+        nonkey = p50(s["nonkey"]) if "nonkey" in s else key
+        # Every k-th frame is a key frame; the others run the non-key step on flow.
+        avg_inf = (key + (k - 1) * nonkey) / k if "nonkey" in s else key
+        avg_flow = flow * (k - 1) / k
+        stages = {
+            "decode": io["decode_ms"],
+            "preprocess": p50(s["preprocess"]),
+            "flow": avg_flow,
+            "inference": avg_inf,
+            "postprocess": p50(s["postprocess"]),
+            "publish": io["encode_ms"] + io["publish_ms"],
+        }
+        out[method] = {
+            "key_ms": key,
+            "nonkey_ms": nonkey if "nonkey" in s else None,
+            "flow_ms": flow if "flow" in s else None,
+            "avg_ms": avg_inf + avg_flow,
+            "avg_model_only_ms": avg_inf,
+            "stages_ms": stages,
+            "total_ms": sum(stages.values()),
+            "samples": len(s["key"]),
+        }
+    return out
+
+
+class RosIO:
+    """A real rclpy context, node and publisher: decode, encode and publish as the node does them."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.ns = f"/vidseg_bench_{os.getpid()}"
+        self.node = rclpy.create_node(f"vidseg_bench_{os.getpid()}", context=self.context)
+        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        self.mask_pub = self.node.create_publisher(Image, f"{self.ns}/io_mask", qos)
+
+    def time_io(self, size: tuple[int, int], samples: int) -> dict[str, Any]:
+        from std_msgs.msg import Header
+
+        from vidseg_ros.ros.convert import image_to_rgb, make_image
+
+        w, h = size
+        rgb = synthetic_frames(w, h, 1)[0]
+        msg = make_image(Header(frame_id="camera"), rgb, "rgb8")
+        mask = (rgb[:, :, 0] // 32).astype(np.uint8)
+        decode, encode, publish, total = [], [], [], []
+        for i in range(samples + 3):
+            t0 = time.perf_counter()
+            image_to_rgb(msg)
+            t1 = time.perf_counter()
+            out = make_image(msg.header, mask, "mono8")
+            t2 = time.perf_counter()
+            self.mask_pub.publish(out)
+            t3 = time.perf_counter()
+            if i >= 3:
+                decode.append((t1 - t0) * 1e3)
+                encode.append((t2 - t1) * 1e3)
+                publish.append((t3 - t2) * 1e3)
+                total.append((t3 - t0) * 1e3)
+        return {
+            "decode_ms": p50(decode),
+            "encode_ms": p50(encode),
+            "publish_ms": p50(publish),
+            "total_ms": p50(total),
+            "samples": samples,
+        }
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        self.rclpy.shutdown(context=self.context)
+
+
+def _bare_step_ms(
+    loaded: Loaded, size: tuple[int, int], frames: list[np.ndarray], flow_downscale: int
+) -> float:
+    """p50 of ``Stream.step`` (preprocess to mask) in this process: the node's work without ROS around it."""
+    from vidseg_ros.runtime.segmenter import Segmenter
+    from vidseg_ros.runtime.stream import Stream
+
+    stream = Stream(Segmenter(loaded.model, loaded.meta, input_size=size, flow_downscale=flow_downscale))
+    times = []
+    for i, rgb in enumerate(frames):
+        t0 = time.perf_counter()
+        stream.step(rgb, 1_000_000_000 + i * 33_333_333, frame_id="camera")
+        times.append((time.perf_counter() - t0) * 1e3)
+    return p50(times[3:])
+
+
+def _seg_node() -> str | None:
+    import shutil
+
+    exe = Path(sys.executable).parent / "seg_node"
+    return str(exe) if exe.exists() else shutil.which("seg_node")
+
+
+def node_latency(
+    loaded: Loaded, size: tuple[int, int], args: argparse.Namespace, io: RosIO
+) -> dict[str, Any]:
+    """Starts ``seg_node`` as a child and sends frames one at a time (each waits for its mask), so the latency
+    has no queueing in it; compares it with ``Stream.step`` of the same model in this process."""
+    import signal
+    import subprocess
+    import tempfile
+    import threading
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from vidseg_ros.ros.convert import make_image
+    from vidseg_ros.runtime.checkpoint import save_checkpoint
+
+    exe = _seg_node()
+    if exe is None:
+        return {"skipped": "seg_node is not installed"}
+    w, h = size
+    frames = synthetic_frames(w, h, args.node_frames + 3, seed=1)
+    ns = f"{io.ns}/node"
+    received: dict[int, float] = {}
+    timings: dict[int, dict[str, float]] = {}
+    cond = threading.Condition()
+
+    def stamp_of(header: Any) -> int:
+        return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+    def on_mask(msg: Image) -> None:
+        now = time.perf_counter()
+        with cond:
+            received[stamp_of(msg.header)] = now
+            cond.notify_all()
+
+    def on_timing(msg: DiagnosticArray) -> None:
+        values = {kv.key[:-3]: float(kv.value) for kv in msg.status[0].values if kv.key.endswith("_ms")}
+        timings[stamp_of(msg.header)] = values
+
+    def message(i: int) -> tuple[int, Image]:
+        stamp = 1_700_000_000 * 1_000_000_000 + i * 33_333_333  # 30 Hz stamps: no gap resets the state
+        header = Header(frame_id="camera")
+        header.stamp.sec, header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+        return stamp, make_image(header, frames[i % len(frames)], "rgb8")
+
+    with ExitStack() as stack:
+        ckpt = loaded.checkpoint
+        if ckpt is None:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            ckpt = save_checkpoint(tmp / f"{loaded.meta.method}.pt", loaded.model, loaded.meta, half=False)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        node = io.node
+        pub = node.create_publisher(Image, f"{ns}/image", reliable)
+        subs = [
+            node.create_subscription(Image, f"{ns}/semantic_mask", on_mask, reliable),
+            node.create_subscription(DiagnosticArray, f"{ns}/semantic_mask/timing", on_timing, reliable),
+        ]
+        executor = SingleThreadedExecutor(context=io.context)
+        executor.add_node(node)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+
+        def teardown() -> None:
+            executor.shutdown(timeout_sec=2)
+            spinner.join(timeout=2)
+            for sub in subs:
+                node.destroy_subscription(sub)
+            node.destroy_publisher(pub)
+
+        stack.callback(teardown)
+        log = stack.enter_context(tempfile.TemporaryFile("w+"))
+        params = {
+            "model.checkpoint": str(ckpt),
+            "model.width": w,
+            "model.height": h,
+            "model.device": "cpu",
+            "motion.flow_downscale": args.flow_downscale,
+            "qos.reliability": "reliable",
+            "publish.color": "false",
+            "publish.overlay": "false",
+        }
+        cmd = [exe, "--ros-args", "-r", f"__ns:={ns}"]
+        for key, value in params.items():
+            cmd += ["-p", f"{key}:={value}"]
+        env = dict(os.environ)
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+        def stop() -> None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+        stack.callback(stop)
+
+        def failure(what: str) -> dict[str, Any]:
+            log.seek(0)
+            tail = [line for line in log.read().splitlines() if line.strip()][-3:]
+            return {"skipped": f"{what}: {' | '.join(tail) or 'no output'}"}
+
+        deadline = time.monotonic() + 120
+        while pub.get_subscription_count() == 0:
+            if proc.poll() is not None:
+                return failure(f"seg_node exited with code {proc.returncode}")
+            if time.monotonic() > deadline:
+                return failure("seg_node did not subscribe within 120 s")
+            time.sleep(0.05)
+        i = 0
+        # Warm-up: discovery of the node's publisher can lag its subscription; resend until a mask comes back.
+        while True:
+            stamp, msg = message(i)
+            i += 1
+            pub.publish(msg)
+            with cond:
+                if cond.wait_for(lambda s=stamp: s in received, timeout=0.5):
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return failure("no mask came back from seg_node")
+        for _ in range(2):  # the first non-key frames allocate; not timed
+            stamp, msg = message(i)
+            i += 1
+            pub.publish(msg)
+            with cond:
+                cond.wait_for(lambda s=stamp: s in received, timeout=30)
+        latencies, stamps = [], []
+        for _ in range(args.node_frames):
+            stamp, msg = message(i)
+            i += 1
+            sent = time.perf_counter()
+            pub.publish(msg)
+            with cond:
+                if not cond.wait_for(lambda s=stamp: s in received, timeout=30):
+                    return failure("a mask did not come back within 30 s")
+            latencies.append((received[stamp] - sent) * 1e3)
+            stamps.append(stamp)
+        time.sleep(0.2)  # timing messages trail their masks
+    stages: dict[str, list[float]] = {}
+    for stamp in stamps:
+        for key, value in timings.get(stamp, {}).items():
+            stages.setdefault(key, []).append(value)
+    bare = _bare_step_ms(loaded, size, frames, args.flow_downscale)
+    e2e = p50(latencies)
+    return {
+        "method": loaded.meta.method,
+        "size": f"{w}x{h}",
+        "frames": len(latencies),
+        "e2e_p50_ms": e2e,
+        "e2e_p90_ms": float(np.percentile(latencies, 90)),
+        "node_stages_p50_ms": {k: p50(v) for k, v in stages.items()},
+        "bare_step_p50_ms": bare,
+        "overhead_p50_ms": e2e - bare,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ report
+def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    models, ref = result["models"], result["config"]["sizes"][0]
+    out = []
+
+    def target(name: str, size: str, value: float, limit: float, unit: str, detail: str) -> None:
+        ok = bool(np.isfinite(value) and value <= limit)
+        out.append(
+            {
+                "name": name,
+                "size": size,
+                "value": value,
+                "limit": limit,
+                "unit": unit,
+                "pass": ok,
+                "detail": detail,
+            }
+        )
+
+    for size, m in models.items():
+        pf = m["perframe"]["key_ms"]
+        target("netwarp_vs_perframe_excl_flow", size, m["netwarp"]["nonkey_ms"] / pf, 1.15, "x",
+               "NetWarp non-key step / per-frame step")  # fmt: skip
+        target("twnet_avg_vs_perframe", size, m["twnet"]["avg_ms"] / pf, 0.6, "x",
+               f"TWNet mean per frame at key interval {result['config']['key_interval']} incl. flow / per-frame")  # fmt: skip
+    target("dis_vs_perframe", ref, result["dis_fraction"][ref], 0.15, "x", "DIS flow / per-frame step")
+    target(
+        "node_overhead_p50", ref, result["node_overhead"]["total_ms"], 3.0, "ms", "decode + encode + publish"
+    )
+    return out
+
+
+def print_report(result: dict[str, Any]) -> None:
+    cfg, models = result["config"], result["models"]
+    k = cfg["key_interval"]
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}" if v >= 1 else f"{v:.2f}"
+
+    print(
+        f"\nModel steps, ms (p50). avg@{k}: mean model time per frame with a key frame every {k}, non-key frames incl. flow"
+    )
+    print(
+        f"{'size':10} {'method':9} {'key':>8} {'non-key':>8} {'flow':>7} {'avg@' + str(k):>8} {'vs per-frame':>13}"
+    )
+    for size, m in models.items():
+        pf = m["perframe"]["key_ms"]
+        for method, r in m.items():
+            print(f"{size:10} {method:9} {f(r['key_ms']):>8} {f(r['nonkey_ms']):>8} {f(r['flow_ms']):>7} "
+                  f"{f(r['avg_ms']):>8} {r['avg_ms'] / pf:>12.2f}x")  # fmt: skip
+    print("\nAverage frame by stage, ms (p50; decode/publish from the rclpy measurement at that size)")
+    print(f"{'size':10} {'method':9} " + " ".join(f"{s:>11}" for s in STAGES) + f" {'total':>8}")
+    for size, m in models.items():
+        for method, r in m.items():
+            print(
+                f"{size:10} {method:9} "
+                + " ".join(f"{f(r['stages_ms'][s]):>11}" for s in STAGES)
+                + f" {f(r['total_ms']):>8}"
+            )
+    print("\nNetWarp extra cost per frame (flow + FlowCNN + warp + fusion), ms")
+    for size, x in result["netwarp_extra"].items():
+        print(f"{size:10} flow {f(x['flow_ms'])} + FlowCNN/warp {f(x['flowcnn_warp_ms'])} = {f(x['extra_ms'])}"
+              f" = {100 * x['fraction_of_perframe']:.1f}% of per-frame")  # fmt: skip
+    for size, frac in result["dis_fraction"].items():
+        print(f"DIS flow at {size}: {100 * frac:.1f}% of the per-frame step")
+    io = result["node_overhead"]
+    print(f"\nNode overhead without the model at {io['size']} (p50): decode {io['decode_ms']:.3f} + encode "
+          f"{io['encode_ms']:.3f} + publish {io['publish_ms']:.3f} = {io['total_ms']:.3f} ms")  # fmt: skip
+    nl = result["node_latency"]
+    if "skipped" in nl:
+        print(f"Node end-to-end: skipped ({nl['skipped']})")
+    else:
+        st = nl["node_stages_p50_ms"]
+        print(f"Node end-to-end, {nl['method']} at {nl['size']}, {nl['frames']} frames: publish -> mask p50 "
+              f"{nl['e2e_p50_ms']:.1f} ms (p90 {nl['e2e_p90_ms']:.1f}); node's own total p50 {st.get('total', float('nan')):.1f};"
+              f" bare Stream.step p50 {nl['bare_step_p50_ms']:.1f}; overhead {nl['overhead_p50_ms']:.1f} ms")  # fmt: skip
+    print("\nTargets")
+    for t in result["targets"]:
+        unit = "ms" if t["unit"] == "ms" else "x"
+        print(f"  {'PASS' if t['pass'] else 'MISS'}  {t['name']:30} {t['size']:10} {t['value']:.3f}{unit} <= {t['limit']:g}{unit}"
+              f"  ({t['detail']})")  # fmt: skip
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = result["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    for ax, (size, m) in zip(axes[0], models.items(), strict=True):
+        bottom = np.zeros(len(m))
+        for i, stage in enumerate(STAGES):
+            vals = np.array([r["stages_ms"][stage] for r in m.values()])
+            ax.bar(list(m), vals, bottom=bottom, color=colors[i], label=stage)
+            bottom += vals
+        for x, total in enumerate(bottom):
+            ax.text(x, total, f"{total:.0f}", ha="center", va="bottom", fontsize=8)
+        ax.set_title(size)
+        ax.set_ylabel(f"ms per frame (avg, key every {result['config']['key_interval']})")
+    axes[0][0].legend(fontsize=7)
+    verdicts = ", ".join(
+        f"{t['name']}@{t['size']} {'PASS' if t['pass'] else 'MISS'}" for t in result["targets"]
+    )
+    fig.suptitle(
+        "\n".join([f"vidseg bench: {result['machine']['summary']}", *textwrap.wrap(verdicts, 120)]),
+        fontsize=7,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------- main
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.key_interval < 1 or args.repeats < 1 or not args.sizes:
+        print(
+            "vidseg bench: --key-interval and --repeats must be >= 1 and --sizes non-empty", file=sys.stderr
+        )
+        return 2
+    started = time.monotonic()
+    label = [f"{w}x{h}" for w, h in args.sizes]
+    reps = {lab: repeats_for(size, args.repeats) for lab, size in zip(label, args.sizes, strict=True)}
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+    machine["summary"] = (
+        f"{machine['cores']} cores, torch {torch.__version__} ({machine['threads']} threads), cpu"
+    )
+    print(f"vidseg bench on {machine['summary']}")
+    loaded = load_models(args)
+    for method, x in loaded.items():
+        print(f"  {method:9} {x.source}")
+    result: dict[str, Any] = {
+        "format": FORMAT,
+        "machine": machine,
+        "config": {
+            "sizes": label,
+            "repeats": reps,
+            "backbone": args.backbone,
+            "width_mult": loaded["perframe"].meta.arch.get("width_mult"),
+            "key_interval": args.key_interval,
+            "flow_downscale": args.flow_downscale,
+            "models": {m: x.source for m, x in loaded.items()},
+            "device": "cpu",
+        },
+        "models": {},
+        "io": {},
+        "netwarp_extra": {},
+        "dis_fraction": {},
+    }
+    io = RosIO()
+    try:
+        with tqdm(total=sum(r + 1 for r in reps.values()), desc="bench", unit="round") as bar:
+            for lab, size in zip(label, args.sizes, strict=True):
+                bar.set_description(f"bench {lab}")
+                samples = time_models(loaded, size, reps[lab], args, bar)
+                io_result = io.time_io(size, samples=max(20, 5 * reps[lab]))
+                models = summarise(samples, io_result, args.key_interval)
+                result["io"][lab], result["models"][lab] = io_result, models
+                pf, nw = models["perframe"]["key_ms"], samples["netwarp"]
+                flow = p50(samples["netwarp"]["flow"] + samples["twnet"]["flow"])
+                cnn = max(0.0, p50(nw["nonkey"]) - p50(nw["key"]))
+                result["netwarp_extra"][lab] = {
+                    "flow_ms": flow,
+                    "flowcnn_warp_ms": cnn,
+                    "extra_ms": flow + cnn,
+                    "fraction_of_perframe": (flow + cnn) / pf,
+                }
+                result["dis_fraction"][lab] = flow / pf
+        result["node_overhead"] = {"size": label[0], **result["io"][label[0]]}
+        if args.node_frames > 0:
+            print(f"seg_node end to end at {label[0]} ({args.node_frames} frames)...", flush=True)
+            result["node_latency"] = node_latency(loaded["netwarp"], args.sizes[0], args, io)
+        else:
+            result["node_latency"] = {"skipped": "--node-frames 0"}
+    finally:
+        io.close()
+    machine["loadavg_end"] = list(os.getloadavg())
+    machine["wall_s"] = round(time.monotonic() - started, 1)
+    result["targets"] = evaluate_targets(result)
+    print_report(result)
+    print(
+        f"\n(load average {machine['loadavg_start'][0]:.2f} at start, {machine['loadavg_end'][0]:.2f} at end; {machine['wall_s']:.0f} s)"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    png = args.plot or (args.json.with_suffix(".png") if args.json else None)
+    if png:
+        plot(result, png)
+        print(f"wrote {png}")
+    return 0
