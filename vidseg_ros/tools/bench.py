@@ -42,6 +42,7 @@ from vidseg_ros.tools.export import parse_size
 FORMAT = "vidseg-bench/1"
 METHODS = ("perframe", "netwarp", "twnet")
 REF_PIXELS = 640 * 480
+DEFAULT_WIDTH = 0.5
 STAGES = ("decode", "preprocess", "flow", "inference", "postprocess", "publish")
 
 
@@ -63,7 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--repeats", type=int, default=10, help="Timed repeats at 640x480; larger sizes get fewer (min 3)."
     )
     p.add_argument("--backbone", default="mobilenetv2", choices=("mobilenetv2", "resnet18"))
-    p.add_argument("--width-mult", type=float, default=0.5, help="MobileNetV2 width (default 0.5).")
+    p.add_argument(
+        "--width-mult",
+        type=float,
+        help=f"MobileNetV2 width (default: the checkpoints', else {DEFAULT_WIDTH}).",
+    )
     p.add_argument("--checkpoint-dir", type=Path, help="Where to look for <method>_<backbone>_*.pt.")
     p.add_argument("--key-interval", type=int, default=12, help="TWNet/NetWarp key interval for averages.")
     p.add_argument("--flow-downscale", type=int, default=2, help="As the node's motion.flow_downscale.")
@@ -121,11 +126,14 @@ def load_models(args: argparse.Namespace) -> dict[str, Loaded]:
             except CheckpointError as e:
                 print(f"  ignoring {path.name}: {e}")
                 continue
+            # Without --width-mult the first checkpoint sets the width; all methods must share it.
+            width = meta.arch.get("width_mult", 1.0) if width is None else width
             if meta.arch.get("width_mult", 1.0) == width:
                 found = Loaded(model, meta, path.name, path)
                 break
             print(f"  ignoring {path.name}: width_mult {meta.arch.get('width_mult')} != {width}")
         if found is None:
+            width = DEFAULT_WIDTH if width is None else width
             model = build_model(
                 method, backbone=args.backbone, width_mult=width, num_classes=len(SYNTH_CLASSES)
             )
@@ -169,6 +177,8 @@ def time_models(
                 add(method, "preprocess", t1 - t0)
                 add(method, "key", t2 - t1)
                 add(method, "postprocess", t3 - t2)
+            else:
+                samples[method]["gflop_key"] = [_gflop(seg.model.key_step, cur.image)]
             if seg.uses_motion:
                 t0 = time.perf_counter()
                 flow = seg.motion(cur, prev)
@@ -178,8 +188,21 @@ def time_models(
                 if r:
                     add(method, "flow", t1 - t0)
                     add(method, "nonkey", t2 - t1)
+                else:
+                    args_nk = (cur.image, prev.image, flow, state)
+                    samples[method]["gflop_nonkey"] = [_gflop(seg.model.nonkey_step, *args_nk)]
         bar.update(1)
     return samples
+
+
+def _gflop(step: Any, *inputs: Any) -> float:
+    """Multiply-adds x 2 of convolutions and matmuls (what FLOP counts usually mean), in GFLOP."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        step(*inputs)
+    return counter.get_total_flops() / 1e9
 
 
 def summarise(samples: dict[str, dict[str, list[float]]], io: dict[str, float], k: int) -> dict[str, Any]:
@@ -199,7 +222,12 @@ def summarise(samples: dict[str, dict[str, list[float]]], io: dict[str, float], 
             "postprocess": p50(s["postprocess"]),
             "publish": io["encode_ms"] + io["publish_ms"],
         }
+        gk = s["gflop_key"][0]
+        gn = s["gflop_nonkey"][0] if "gflop_nonkey" in s else gk
         out[method] = {
+            "gflop_key": gk,
+            "gflop_nonkey": gn if "nonkey" in s else None,
+            "gflop_avg": (gk + (k - 1) * gn) / k,
             "key_ms": key,
             "nonkey_ms": nonkey if "nonkey" in s else None,
             "flow_ms": flow if "flow" in s else None,
@@ -489,16 +517,22 @@ def print_report(result: dict[str, Any]) -> None:
         return "-" if v is None else f"{v:.1f}" if v >= 1 else f"{v:.2f}"
 
     print(
-        f"\nModel steps, ms (p50). avg@{k}: mean model time per frame with a key frame every {k}, non-key frames incl. flow"
+        f"\nModel steps, ms (p50); avg@{k}: mean per frame with a key frame every {k}, non-key frames incl. flow;"
     )
-    print(
-        f"{'size':10} {'method':9} {'key':>8} {'non-key':>8} {'flow':>7} {'avg@' + str(k):>8} {'vs per-frame':>13}"
-    )
+    print("ratios to the per-frame step; GFLOP: conv/matmul multiply-adds x2")
+    head = ("key", "non-key", "flow", f"avg@{k}", "nk/pf", "avg/pf", "GFLOP k", "GFLOP nk", "FLOPavg/pf")
+    print(f"{'size':10} {'method':9}" + "".join(f"{c:>11}" for c in head))
     for size, m in models.items():
-        pf = m["perframe"]["key_ms"]
+        pf, pf_flop = m["perframe"]["key_ms"], m["perframe"]["gflop_key"]
         for method, r in m.items():
-            print(f"{size:10} {method:9} {f(r['key_ms']):>8} {f(r['nonkey_ms']):>8} {f(r['flow_ms']):>7} "
-                  f"{f(r['avg_ms']):>8} {r['avg_ms'] / pf:>12.2f}x")  # fmt: skip
+            nk = r["nonkey_ms"] or r["key_ms"]
+            cells = [f(r["key_ms"]), f(r["nonkey_ms"]), f(r["flow_ms"]), f(r["avg_ms"])]
+            cells += [f"{nk / pf:.2f}x", f"{r['avg_ms'] / pf:.2f}x", f"{r['gflop_key']:.3g}"]
+            cells += [
+                "-" if r["gflop_nonkey"] is None else f"{r['gflop_nonkey']:.3g}",
+                f"{r['gflop_avg'] / pf_flop:.2f}x",
+            ]
+            print(f"{size:10} {method:9}" + "".join(f"{c:>11}" for c in cells))
     print("\nAverage frame by stage, ms (p50; decode/publish from the rclpy measurement at that size)")
     print(f"{'size':10} {'method':9} " + " ".join(f"{s:>11}" for s in STAGES) + f" {'total':>8}")
     for size, m in models.items():
@@ -592,6 +626,12 @@ def run(args: argparse.Namespace) -> int:
         f"{machine['cores']} cores, torch {torch.__version__} ({machine['threads']} threads), cpu"
     )
     print(f"vidseg bench on {machine['summary']}")
+    load = machine["loadavg_start"][0]
+    if machine["threads"] > 1 and load > 0.5 * (machine["cores"] or 1):
+        # Other work on the cores stalls every multi-threaded op at its barrier: timings become noise.
+        print(
+            f"  warning: load average {load:.1f} on {machine['cores']} cores; for stable numbers use --threads 1"
+        )
     loaded = load_models(args)
     for method, x in loaded.items():
         print(f"  {method:9} {x.source}")
