@@ -265,7 +265,7 @@ class RosIO:
         rgb = synthetic_frames(w, h, 1)[0]
         msg = make_image(Header(frame_id="camera"), rgb, "rgb8")
         mask = (rgb[:, :, 0] // 32).astype(np.uint8)
-        decode, encode, publish, total = [], [], [], []
+        times: dict[str, list[float]] = {"decode_ms": [], "encode_ms": [], "publish_ms": [], "total_ms": []}
         for i in range(samples + 3):
             t0 = time.perf_counter()
             image_to_rgb(msg)
@@ -274,18 +274,10 @@ class RosIO:
             t2 = time.perf_counter()
             self.mask_pub.publish(out)
             t3 = time.perf_counter()
-            if i >= 3:
-                decode.append((t1 - t0) * 1e3)
-                encode.append((t2 - t1) * 1e3)
-                publish.append((t3 - t2) * 1e3)
-                total.append((t3 - t0) * 1e3)
-        return {
-            "decode_ms": p50(decode),
-            "encode_ms": p50(encode),
-            "publish_ms": p50(publish),
-            "total_ms": p50(total),
-            "samples": samples,
-        }
+            for name, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
+                if i >= 3:  # the first calls warm up the type support and allocator
+                    times[name].append(dt * 1e3)
+        return {**{name: p50(v) for name, v in times.items()}, "samples": samples}
 
     def close(self) -> None:
         self.node.destroy_node()
@@ -423,41 +415,29 @@ def node_latency(
             tail = [line for line in log.read().splitlines() if line.strip()][-3:]
             return {"skipped": f"{what}: {' | '.join(tail) or 'no output'}"}
 
-        deadline = time.monotonic() + 120
-        while pub.get_subscription_count() == 0:
-            if proc.poll() is not None:
-                return failure(f"seg_node exited with code {proc.returncode}")
-            if time.monotonic() > deadline:
-                return failure("seg_node did not subscribe within 120 s")
-            time.sleep(0.05)
-        i = 0
-        # Warm-up: discovery of the node's publisher can lag its subscription; resend until a mask comes back.
-        while True:
+        def send(i: int, timeout: float) -> tuple[int, float] | None:
             stamp, msg = message(i)
-            i += 1
-            pub.publish(msg)
-            with cond:
-                if cond.wait_for(lambda s=stamp: s in received, timeout=0.5):
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                return failure("no mask came back from seg_node")
-        for _ in range(2):  # the first non-key frames allocate; not timed
-            stamp, msg = message(i)
-            i += 1
-            pub.publish(msg)
-            with cond:
-                cond.wait_for(lambda s=stamp: s in received, timeout=30)
-        latencies, stamps = [], []
-        for _ in range(args.node_frames):
-            stamp, msg = message(i)
-            i += 1
             sent = time.perf_counter()
             pub.publish(msg)
             with cond:
-                if not cond.wait_for(lambda s=stamp: s in received, timeout=30):
-                    return failure("a mask did not come back within 30 s")
-            latencies.append((received[stamp] - sent) * 1e3)
-            stamps.append(stamp)
+                return (stamp, sent) if cond.wait_for(lambda: stamp in received, timeout) else None
+
+        deadline = time.monotonic() + 120
+        i = 0
+        while pub.get_subscription_count() == 0 or send(i, 0.5) is None:
+            # Until subscribed and a mask came back: discovery of the node's publisher lags its subscription.
+            i += 1
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return failure(f"seg_node did not answer (exit code {proc.poll()})")
+            time.sleep(0.05)
+        send(i + 1, 30), send(i + 2, 30)  # the first non-key frames allocate: not timed
+        latencies, stamps = [], []
+        for j in range(i + 3, i + 3 + args.node_frames):
+            answer = send(j, 30)
+            if answer is None:
+                return failure("a mask did not come back within 30 s")
+            latencies.append((received[answer[0]] - answer[1]) * 1e3)
+            stamps.append(answer[0])
         time.sleep(0.2)  # timing messages trail their masks
     stages: dict[str, list[float]] = {}
     for stamp in stamps:
@@ -659,7 +639,7 @@ def run(args: argparse.Namespace) -> int:
             for lab, size in zip(label, args.sizes, strict=True):
                 bar.set_description(f"bench {lab}")
                 samples = time_models(loaded, size, reps[lab], args, bar)
-                io_result = io.time_io(size, samples=max(20, 5 * reps[lab]))
+                io_result = io.time_io(size, samples=200)
                 models = summarise(samples, io_result, args.key_interval)
                 result["io"][lab], result["models"][lab] = io_result, models
                 pf, nw = models["perframe"]["key_ms"], samples["netwarp"]
