@@ -318,14 +318,14 @@ class CudaBackend(EagerBackend):
         return self._run("nonkey", (image, prev_image, flow, *(state[k] for k in self._state_keys)))
 
     def prepare(self, image_hw: tuple[int, int], flow_hw: tuple[int, int] | None = None) -> None:
-        for spec in step_specs(self.model, image_hw, flow_hw):
-            inputs = spec.example_inputs
-            if spec.name == "key":
-                self.key_step(*inputs)
-                self.key_step(*inputs)
-            else:
-                state = dict(zip(spec.state_keys, inputs[3:], strict=True))
-                self.nonkey_step(inputs[0], inputs[1], inputs[2], state)
+        image = torch.randn(1, 3, *image_hw, device=self.device)
+        self.key_step(image)
+        # The first call learns the state layout, the second captures; the state then has the dtype autocast
+        # gives it, so the non-key graph is captured for exactly what later frames pass in.
+        _, state = self.key_step(image)
+        if self.model.uses_motion:
+            flow = torch.zeros(1, 2, *(flow_hw or default_flow_hw(image_hw)), device=self.device)
+            self.nonkey_step(image, image, flow, state)
 
 
 # ------------------------------------------------------------------------------------------------ tensorrt
