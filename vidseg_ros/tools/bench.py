@@ -72,7 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-dir", type=Path, help="Where to look for <method>_<backbone>_*.pt.")
     p.add_argument("--key-interval", type=int, default=12, help="TWNet/NetWarp key interval for averages.")
     p.add_argument("--flow-downscale", type=int, default=2, help="As the node's motion.flow_downscale.")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default).")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads; 0: torch's default, or 1 when the machine is already busy.",
+    )
     p.add_argument("--node-frames", type=int, default=30, help="Frames sent to seg_node (0: skip the node).")
 
 
@@ -584,34 +589,35 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.key_interval < 1 or args.repeats < 1 or not args.sizes:
+    if args.key_interval < 1 or args.repeats < 1 or not args.sizes or args.threads < 0:
         print(
-            "vidseg bench: --key-interval and --repeats must be >= 1 and --sizes non-empty", file=sys.stderr
+            "vidseg bench: --key-interval/--repeats must be >= 1, --threads >= 0, --sizes non-empty",
+            file=sys.stderr,
         )
         return 2
     started = time.monotonic()
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    threads_note = "--threads" if args.threads else "torch default"
+    if not args.threads and torch.get_num_threads() > 1 and load >= 0.5 * cores:
+        # Other work on the cores stalls every multi-threaded op at its barrier (10-100x here): the timings
+        # would measure the neighbours. One thread per process keeps the ratios meaningful.
+        args.threads = 1
+        threads_note = f"auto: load average {load:.1f} on {cores} cores, so 1 thread; --threads N overrides"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     label = [f"{w}x{h}" for w, h in args.sizes]
     reps = {lab: repeats_for(size, args.repeats) for lab, size in zip(label, args.sizes, strict=True)}
     machine = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
+        "cores": cores,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "loadavg_start": list(os.getloadavg()),
+        "threads_note": threads_note,
+        "loadavg_start": [load, *os.getloadavg()[1:]],
     }
-    machine["summary"] = (
-        f"{machine['cores']} cores, torch {torch.__version__} ({machine['threads']} threads), cpu"
-    )
-    print(f"vidseg bench on {machine['summary']}")
-    load = machine["loadavg_start"][0]
-    if machine["threads"] > 1 and load > 0.5 * (machine["cores"] or 1):
-        # Other work on the cores stalls every multi-threaded op at its barrier: timings become noise.
-        print(
-            f"  warning: load average {load:.1f} on {machine['cores']} cores; for stable numbers use --threads 1"
-        )
+    machine["summary"] = f"{cores} cores, torch {torch.__version__} ({machine['threads']} threads), cpu"
+    print(f"vidseg bench on {machine['summary']} [{threads_note}]")
     loaded = load_models(args)
     for method, x in loaded.items():
         print(f"  {method:9} {x.source}")
