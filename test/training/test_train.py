@@ -119,7 +119,10 @@ def test_resume_matches_an_uninterrupted_run(bag, tmp_path):
     assert full["step"] == split["step"] == 6
     assert same_weights(full["model"], split["model"])
     assert same_weights(weights(tmp_path / "full.pt"), weights(tmp_path / "split.pt"))
-    # A resume with different options is refused rather than silently mixing two runs.
+    # Resuming a finished run changes nothing; a resume with different options is refused.
+    before = (tmp_path / "split.pt").read_bytes()
+    assert train(*args, "--out", tmp_path / "split.pt", "--resume") == 0
+    assert (tmp_path / "split.pt").read_bytes() == before
     assert train(*args, "--out", tmp_path / "split.pt", "--resume", "--lr", "0.5") == 2
 
 

@@ -96,12 +96,11 @@ def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
             points = sorted(
                 (int(d), v["miou"]) for d, v in r["key_distance"].items() if v["miou"] is not None
             )
-            ax.plot(
-                [d for d, _ in points],
-                [100 * v for _, v in points],
-                marker="o",
-                label=f"{r['method']} ({r['name']})",
-            )
+            style = {"color": f"C{results.index(r)}", "label": f"{r['method']} ({r['name']})"}
+            if len(points) == 1:  # every frame is a key frame (per-frame model): a reference level
+                ax.axhline(100 * points[0][1], linestyle="--", **style)
+            else:
+                ax.plot([d for d, _ in points], [100 * v for _, v in points], marker="o", **style)
         ax.set_xlabel("frames since the last key frame")
         ax.set_ylabel("mIoU %")
         ax.set_title("error accumulation")

@@ -164,6 +164,9 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
 
     prep_s = time.perf_counter() - t_prep
     stop = cfg.steps if cfg.stop_at is None else max(start, min(cfg.steps, cfg.stop_at))
+    if stop == start and cfg.out.exists():
+        _log(env, f"{cfg.state_path} is already at step {start}; {cfg.out} left as it is")
+        return cfg.out if env.is_main else None
     t0 = time.perf_counter()
     recent: list[tuple[float, float, float]] = []
     bar = tqdm(
