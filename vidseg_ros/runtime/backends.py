@@ -466,8 +466,9 @@ class TensorRTBackend:
         shapes = tuple(tuple(t.shape) for t in inputs)
         if (step, shapes) not in self._engines:
             image_hw = (int(inputs[0].shape[-2]), int(inputs[0].shape[-1]))
-            for spec in step_specs(self.model, image_hw, flow_hw, steps=(step,)):
-                self.load_or_build(spec)
+            with torch.inference_mode(False):  # torch.export wants ordinary tensors, not inference ones
+                for spec in step_specs(self.model, image_hw, flow_hw, steps=(step,)):
+                    self.load_or_build(spec)
         engine, keys = self._engines[(step, shapes)]
         out = engine(*(t.float().contiguous() for t in inputs))
         out = tuple(out) if isinstance(out, list | tuple) else (out,)
