@@ -49,6 +49,7 @@ def test_bench_smoke(nudged_checkpoint, tmp_path: Path, capsys: pytest.CaptureFi
     assert result["config"]["sizes"] == ["96x64", "128x64"] and result["config"]["width_mult"] == 0.25
     assert result["config"]["models"]["perframe"] == "perframe_mobilenetv2_synth.pt"
     assert result["config"]["models"]["twnet"].startswith("untrained")
+    assert result["config"]["backend_reason"].startswith("auto: ") and result["config"]["device"]
     for size in ("96x64", "128x64"):
         assert set(result["models"][size]) == set(METHODS)
         for method, r in result["models"][size].items():

@@ -7,7 +7,8 @@ per-frame divide by the per-frame model step at the same size.
 JSON written with ``--json`` (format ``vidseg-bench/1``)::
 
     machine        platform, cores, torch version and threads, load average at start and end
-    config         sizes (WxH), repeats per size, backbone, width_mult, key_interval, flow_downscale, models
+    config         sizes (WxH), repeats per size, backbone, width_mult, key_interval, flow_downscale, models,
+                   backend, precision, backend_reason, device
     models         {size: {method: {key_ms, nonkey_ms, flow_ms, avg_ms, stages_ms}}}; avg_ms is the mean model
                    time per frame at key_interval (non-key frames include flow); stages_ms is the average
                    frame split into decode, preprocess, flow, inference, postprocess, publish
@@ -78,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0,
         help="torch intra-op threads; 0: torch's default, or 1 when the machine is already busy.",
     )
+    p.add_argument(
+        "--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"), help="Where the steps run."
+    )
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="Step precision.")
     p.add_argument("--node-frames", type=int, default=30, help="Frames sent to seg_node (0: skip the node).")
 
 
@@ -151,33 +156,54 @@ def load_models(args: argparse.Namespace) -> dict[str, Loaded]:
 
 # ------------------------------------------------------------------------------------------ measurements
 def time_models(
-    loaded: dict[str, Loaded], size: tuple[int, int], repeats: int, args: argparse.Namespace, bar: Any
+    loaded: dict[str, Loaded],
+    backends: dict[str, Any],
+    size: tuple[int, int],
+    repeats: int,
+    args: argparse.Namespace,
+    bar: Any,
 ) -> dict[str, dict[str, list[float]]]:
-    """Per method: lists of preprocess, flow, key/nonkey inference and postprocess times (ms)."""
+    """Per method: lists of preprocess, flow, key/nonkey inference and postprocess times (ms).
+
+    The segmenter does what the node does around the model (upload, resize, DIS, arg-max, download); the
+    steps run on the selected backend. CUDA work is synchronised before each clock read.
+    """
+    import torch
+
+    from vidseg_ros.runtime.backends import default_flow_hw
     from vidseg_ros.runtime.segmenter import Segmenter
 
     w, h = size
     frames = synthetic_frames(w, h, repeats + 2)
-    segs = {
-        m: Segmenter(x.model, x.meta, input_size=size, flow_downscale=args.flow_downscale)
-        for m, x in loaded.items()
-    }
+    segs = {}
+    for m, x in loaded.items():
+        backend = backends[m]
+        backend.prepare((h, w), default_flow_hw((h, w), args.flow_downscale))
+        segs[m] = Segmenter(
+            x.model, x.meta, device=backend.device, input_size=size, flow_downscale=args.flow_downscale
+        )
     samples: dict[str, dict[str, list[float]]] = {m: {} for m in segs}
 
     def add(method: str, name: str, seconds: float) -> None:
         samples[method].setdefault(name, []).append(seconds * 1e3)
 
+    def clock(device: Any) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     # Repeat 0 warms up (allocator, oneDNN primitives for these shapes) and is not recorded.
     for r in range(repeats + 1):
         for method, seg in segs.items():  # interleaved, so drift of the machine hits all methods alike
+            backend, dev = backends[method], seg.device
             prev = seg.prepare(frames[r])
-            t0 = time.perf_counter()
+            t0 = clock(dev)
             cur = seg.prepare(frames[r + 1])
-            t1 = time.perf_counter()
-            logits, state = seg.key_step(cur)
-            t2 = time.perf_counter()
+            t1 = clock(dev)
+            logits, state = backend.key_step(cur.image)
+            t2 = clock(dev)
             seg.to_mask(logits, (h, w))
-            t3 = time.perf_counter()
+            t3 = clock(dev)
             if r:
                 add(method, "preprocess", t1 - t0)
                 add(method, "key", t2 - t1)
@@ -185,11 +211,11 @@ def time_models(
             else:
                 samples[method]["gflop_key"] = [_gflop(seg.model.key_step, cur.image)]
             if seg.uses_motion:
-                t0 = time.perf_counter()
+                t0 = clock(dev)
                 flow = seg.motion(cur, prev)
-                t1 = time.perf_counter()
-                seg.nonkey_step(cur, prev, flow, state)
-                t2 = time.perf_counter()
+                t1 = clock(dev)
+                backend.nonkey_step(cur.image, prev.image, flow, state)
+                t2 = clock(dev)
                 if r:
                     add(method, "flow", t1 - t0)
                     add(method, "nonkey", t2 - t1)
@@ -557,7 +583,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = result["models"]
+    models, cfg = result["models"], result["config"]
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
     colors = plt.get_cmap("tab10").colors
     for ax, (size, m) in zip(axes[0], models.items(), strict=True):
@@ -575,7 +601,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
         f"{t['name']}@{t['size']} {'PASS' if t['pass'] else 'MISS'}" for t in result["targets"]
     )
     fig.suptitle(
-        "\n".join([f"vidseg bench: {result['machine']['summary']}", *textwrap.wrap(verdicts, 120)]),
+        "\n".join(
+            [
+                f"vidseg bench: {result['machine']['summary']}, {cfg['backend']} {cfg['precision']} on {cfg['device']}",
+                *textwrap.wrap(verdicts, 120),
+            ]
+        ),
         fontsize=7,
     )
     fig.tight_layout()
@@ -588,6 +619,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
+
+    from vidseg_ros.runtime.backends import BackendUnavailable, select_backend
+    from vidseg_ros.runtime.checkpoint import file_hash
 
     if args.key_interval < 1 or args.repeats < 1 or not args.sizes or args.threads < 0:
         print(
@@ -616,11 +650,27 @@ def run(args: argparse.Namespace) -> int:
         "threads_note": threads_note,
         "loadavg_start": [load, *os.getloadavg()[1:]],
     }
-    machine["summary"] = f"{cores} cores, torch {torch.__version__} ({machine['threads']} threads), cpu"
+    machine["summary"] = f"{cores} cores, torch {torch.__version__} ({machine['threads']} threads)"
     print(f"vidseg bench on {machine['summary']} [{threads_note}]")
     loaded = load_models(args)
     for method, x in loaded.items():
         print(f"  {method:9} {x.source}")
+    try:
+        backends = {
+            m: select_backend(
+                args.backend,
+                x.model,
+                precision=args.precision,
+                model_hash=file_hash(x.checkpoint) if x.checkpoint else None,
+                progress=print,
+            )[0]
+            for m, x in loaded.items()
+        }
+    except (BackendUnavailable, ValueError) as e:
+        print(f"vidseg bench: {e}", file=sys.stderr)
+        return 2
+    backend = backends["perframe"]
+    print(f"  backend {backend.name} ({backend.precision}) on {backend.device}: {backend.reason}")
     result: dict[str, Any] = {
         "format": FORMAT,
         "machine": machine,
@@ -632,7 +682,10 @@ def run(args: argparse.Namespace) -> int:
             "key_interval": args.key_interval,
             "flow_downscale": args.flow_downscale,
             "models": {m: x.source for m, x in loaded.items()},
-            "device": "cpu",
+            "backend": backend.name,
+            "precision": backend.precision,
+            "backend_reason": backend.reason,
+            "device": str(backend.device),
         },
         "models": {},
         "io": {},
@@ -644,7 +697,7 @@ def run(args: argparse.Namespace) -> int:
         with tqdm(total=sum(r + 1 for r in reps.values()), desc="bench", unit="round") as bar:
             for lab, size in zip(label, args.sizes, strict=True):
                 bar.set_description(f"bench {lab}")
-                samples = time_models(loaded, size, reps[lab], args, bar)
+                samples = time_models(loaded, backends, size, reps[lab], args, bar)
                 io_result = io.time_io(size, samples=200)
                 models = summarise(samples, io_result, args.key_interval)
                 result["io"][lab], result["models"][lab] = io_result, models
