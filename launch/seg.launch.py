@@ -17,6 +17,8 @@ from launch import LaunchDescription
 OVERRIDES = {
     "checkpoint": "model.checkpoint",
     "device": "model.device",
+    "backend": "model.backend",
+    "precision": "model.precision",
     "reliability": "qos.reliability",
     "realtime": "realtime",
 }
@@ -56,6 +58,8 @@ def generate_launch_description() -> LaunchDescription:
                 description="Checkpoint file or shipped name (selects the method).",
             ),
             DeclareLaunchArgument("device", default_value="", description="auto | cpu | cuda."),
+            DeclareLaunchArgument("backend", default_value="", description="auto | torch | tensorrt."),
+            DeclareLaunchArgument("precision", default_value="", description="fp32 | fp16 | bf16."),
             DeclareLaunchArgument("reliability", default_value="", description="best_effort | reliable."),
             DeclareLaunchArgument("realtime", default_value="", description="false processes every frame."),
             OpaqueFunction(function=_node),

@@ -58,6 +58,26 @@ PARAMS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "model.backend",
+        "auto",
+        "auto: TensorRT when torch-tensorrt and CUDA are present, else PyTorch on model.device; torch; tensorrt.",
+        choices=("auto", "torch", "tensorrt"),
+        read_only=True,
+    ),
+    ParamSpec(
+        "model.precision",
+        "fp32",
+        "fp32, or fp16/bf16 on CUDA and TensorRT (bf16: CUDA only).",
+        choices=("fp32", "fp16", "bf16"),
+        read_only=True,
+    ),
+    ParamSpec(
+        "model.engine_cache",
+        "",
+        "TensorRT engine cache directory; empty = $VIDSEG_ENGINE_CACHE or ~/.cache/vidseg_ros/engines.",
+        read_only=True,
+    ),
+    ParamSpec(
         "model.width",
         0,
         "Inference width in pixels; 0 = the checkpoint's training size.",

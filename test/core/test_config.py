@@ -34,3 +34,10 @@ def test_config_file_lists_every_parameter_with_a_valid_value():
         params = yaml.safe_load(f)["/**"]["ros__parameters"]
     assert set(params) == set(SPECS)
     NodeConfig.defaults().updated(params)
+
+
+def test_readme_documents_every_parameter():
+    with open("README.md") as f:
+        readme = f.read()
+    missing = [p.name for p in PARAMS if f"`{p.name}`" not in readme]
+    assert not missing

@@ -30,8 +30,9 @@ from vidseg_ros.imgcodec import ImageDecodeError
 from vidseg_ros.palette import colorize, overlay, palette_lut
 from vidseg_ros.ros.convert import image_to_rgb, make_image
 from vidseg_ros.ros.params import declare_all, read_all
-from vidseg_ros.runtime.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from vidseg_ros.runtime.segmenter import Segmenter, pick_device
+from vidseg_ros.runtime.backends import BackendUnavailable, default_flow_hw, select_backend
+from vidseg_ros.runtime.checkpoint import CheckpointError, file_hash, load_checkpoint, resolve_checkpoint
+from vidseg_ros.runtime.segmenter import Segmenter, backend_request
 from vidseg_ros.runtime.stats import OK, WARN, NodeStats
 from vidseg_ros.runtime.stream import Stream
 
@@ -84,19 +85,24 @@ class SegNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         cfg = self.config
         try:
-            device = pick_device(cfg["model.device"])
             path = resolve_checkpoint(cfg["model.checkpoint"])
-            model, meta = load_checkpoint(path, device=device)
-        except (CheckpointError, RuntimeError) as e:
+            model, meta = load_checkpoint(path)
+            w, h = cfg["model.width"] or meta.input_size[0], cfg["model.height"] or meta.input_size[1]
+            downscale = cfg["motion.flow_downscale"]
+            backend, reason = select_backend(
+                backend_request(cfg["model.device"], cfg["model.backend"]),
+                model,
+                precision=cfg["model.precision"],
+                cache_dir=cfg["model.engine_cache"] or None,
+                model_hash=file_hash(path),
+                # Builds or loads engines (TensorRT) before the node subscribes, not on the first frame.
+                prepare=((h, w), default_flow_hw((h, w), downscale)),
+                progress=self.get_logger().info,
+            )
+        except (CheckpointError, BackendUnavailable, RuntimeError, ValueError) as e:
             self.get_logger().error(f"cannot start: {e}")
             return TransitionCallbackReturn.FAILURE
-        self.segmenter = Segmenter(
-            model,
-            meta,
-            device=device,
-            input_size=(cfg["model.width"], cfg["model.height"]),
-            flow_downscale=cfg["motion.flow_downscale"],
-        )
+        self.segmenter = Segmenter(model, meta, backend=backend, input_size=(w, h), flow_downscale=downscale)
         self._apply_key_interval()
         self.stream = Stream(self.segmenter, max_gap_s=cfg["temporal.max_gap_s"])
         self._lut = palette_lut(meta.palette)
@@ -119,10 +125,9 @@ class SegNode(LifecycleNode):
             for i, (n, c) in enumerate(zip(meta.classes, meta.palette, strict=True))
         ]
         self._pubs["classes"].publish(String(data=json.dumps({"classes": classes, "model": meta.name})))
-        w, h = self.segmenter.input_size
         self.get_logger().info(
-            f"loaded {meta.name} from {path} on {device} (backend torch-{device.type}, input {w}x{h}, "
-            f"key interval {self.segmenter.key_interval})"
+            f"loaded {meta.name} from {path}: backend {backend.name} ({backend.precision}) on {backend.device} "
+            f"because {reason}; input {w}x{h}, key interval {self.segmenter.key_interval}"
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -277,7 +282,9 @@ class SegNode(LifecycleNode):
         )
         values = dict(report.values)
         values.update(
-            backend=f"torch-{seg.device.type}",
+            backend=seg.backend.name,
+            backend_reason=seg.backend.reason,
+            precision=seg.backend.precision,
             device=str(seg.device),
             model=seg.meta.name,
             checkpoint=self._checkpoint_name,

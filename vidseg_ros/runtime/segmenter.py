@@ -1,4 +1,4 @@
-"""One loaded model plus its preprocessing and postprocessing, shared by every stream.
+"""One loaded model (run by a backend) plus its preprocessing and postprocessing, shared by every stream.
 
 Resize, normalisation, argmax and the upsampling of the mask run on the model's device, so a frame costs one
 upload of the uint8 image and one download of the uint8 mask.
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vidseg_ros.models.base import State, VideoSegModel
+from vidseg_ros.runtime.backends import Backend, EagerBackend
 from vidseg_ros.runtime.checkpoint import ModelMeta
 
 
@@ -24,6 +25,24 @@ def pick_device(requested: str) -> torch.device:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("model.device is 'cuda' but no CUDA device is available")
     return torch.device(requested)
+
+
+def backend_request(device: str, backend: str) -> str:
+    """The :func:`~vidseg_ros.runtime.backends.select_backend` request for the node's ``model.device`` (auto,
+    cpu, cuda) and ``model.backend`` (auto, torch, tensorrt) parameters."""
+    if backend == "tensorrt":
+        return "tensorrt"
+    if backend == "torch":
+        return pick_device(device).type
+    # auto: TensorRT where it can run, else PyTorch on the requested device.
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda":
+        from vidseg_ros.runtime.backends import torch_tensorrt_problem
+
+        pick_device("cuda")
+        return "cuda" if torch_tensorrt_problem() else "tensorrt"
+    return "auto"
 
 
 @dataclass(frozen=True)
@@ -42,13 +61,15 @@ class Segmenter:
         model: VideoSegModel,
         meta: ModelMeta,
         *,
+        backend: Backend | None = None,
         device: torch.device | str = "cpu",
         input_size: tuple[int, int] | None = None,
         flow_downscale: int = 2,
         key_interval: int | None = None,
     ) -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.backend: Backend = backend or EagerBackend(model, device=str(device))
+        self.device = self.backend.device
+        self.model = model
         self.meta = meta
         w, h = input_size or tuple(meta.input_size)
         if w <= 0 or h <= 0:
@@ -93,20 +114,19 @@ class Segmenter:
         flow = self.flow(current.gray, previous.gray)
         return torch.from_numpy(flow).unsqueeze(0).to(self.device)
 
-    @torch.inference_mode()
     def key_step(self, frame: FrameTensors) -> tuple[torch.Tensor, State]:
-        return self.model.key_step(frame.image)
+        return self.backend.key_step(frame.image)
 
-    @torch.inference_mode()
     def nonkey_step(
         self, frame: FrameTensors, previous: FrameTensors, flow: torch.Tensor, state: State
     ) -> tuple[torch.Tensor, State]:
-        return self.model.nonkey_step(frame.image, previous.image, flow, state)
+        return self.backend.nonkey_step(frame.image, previous.image, flow, state)
 
     @torch.inference_mode()
     def to_mask(self, logits: torch.Tensor, out_hw: tuple[int, int]) -> np.ndarray:
         """Arg-max at inference size, then nearest-neighbour upsampling of the ids to ``out_hw`` on device."""
-        ids = logits.argmax(dim=1, keepdim=True).to(torch.uint8)
+        # max().indices rather than argmax(): the same ids, several times faster on NCHW logits on CPU.
+        ids = logits.max(dim=1, keepdim=True).indices.to(torch.uint8)
         if ids.shape[-2:] != out_hw:
             ids = F.interpolate(ids.float(), size=out_hw, mode="nearest").to(torch.uint8)
         return ids[0, 0].cpu().numpy()
