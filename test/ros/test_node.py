@@ -304,3 +304,43 @@ def test_bad_checkpoint_fails_at_start_with_one_line(tmp_path, problem, tiny_che
     assert len(errors) == 1, node.output
     assert "cannot start" in errors[0] and str(path) in errors[0]
     assert "Traceback" not in node.output
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "keys"),
+    [
+        ("perframe", {}, [True] * 6),
+        ("netwarp", {}, [True] + [False] * 5),
+        ("twnet", {"twnet.key_interval": 3}, [True, False, False, True, False, False]),
+    ],
+)
+def test_each_method_runs_over_dds_with_its_key_frame_policy(tiny_checkpoint, method, params, keys):
+    topic = f"/vt_{method}/image"
+    node = NodeProcess(
+        topic,
+        {
+            "model.checkpoint": tiny_checkpoint(method),
+            "realtime": False,
+            "qos.reliability": "reliable",
+            **params,
+        },
+        name=f"vidseg_{method}",
+    )
+    harness = Harness(topic)
+    try:
+        harness.wait_for_node(node)
+        sent = [frame(T0 + i * STEP) for i in range(len(keys))]
+        for m in sent:
+            harness.publish(m)
+        assert harness.wait_for(lambda: len(harness.messages("timing")) >= len(sent), timeout=60), node.output
+        timings = harness.messages("timing")
+        assert [stamp_of(t) for t in timings] == [stamp_of(m) for m in sent]
+        assert [timing_values(t)["key_frame"] == "true" for t in timings] == keys
+        if method != "perframe":
+            assert all(
+                float(timing_values(t)["motion_ms"]) > 0 for t, k in zip(timings, keys, strict=True) if not k
+            )
+        assert [stamp_of(m) for m in harness.messages("mask")] == [stamp_of(m) for m in sent]
+    finally:
+        harness.close()
+        node.stop()

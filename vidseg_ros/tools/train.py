@@ -66,6 +66,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-distance", type=int, help="non-key frames per clip: netwarp 1 (pairs), twnet min(4, K-1)"
     )
     o.add_argument("--no-flip", dest="flip", action="store_false", help="no random left-right mirroring")
+    o.add_argument(
+        "--class-weights",
+        choices=("enet", "none"),
+        default="enet",
+        help="class-balanced cross-entropy from the training labels' frequencies (enet), or plain (none)",
+    )
     o.add_argument("--seed", type=int, default=0, help="seeds initialisation and the batch sampling")
     r = p.add_argument_group("run")
     r.add_argument("--resume", action="store_true", help="continue from OUT.state when it exists")
@@ -118,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         lam=args.lam,
         max_distance=args.max_distance,
         flip=args.flip,
+        class_weights=args.class_weights,
         flow_downscale=args.flow_downscale,
         save_every=args.save_every,
         progress=args.progress,

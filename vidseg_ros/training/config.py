@@ -53,6 +53,8 @@ class TrainConfig:
     lam: float = 10.0
     max_distance: int | None = None
     flip: bool = True
+    #: ``enet``: class-balanced cross-entropy (weights from the training labels); ``none``: plain.
+    class_weights: str = "enet"
     flow_downscale: int = 2
     save_every: int = 100
     progress: bool = True
@@ -123,5 +125,6 @@ class TrainConfig:
             "lambda": self.lam,
             "distances": [lo, hi],
             "flip": self.flip,
+            "class_weights": self.class_weights,
             "flow_downscale": self.flow_downscale,
         }

@@ -30,6 +30,7 @@ from vidseg_ros.training.data import (
     key_feature_bytes,
     load_sequence,
 )
+from vidseg_ros.training.losses import class_weights
 from vidseg_ros.training.objectives import StageObjective, build_stage_model, trainable_summary
 
 STATE_FORMAT = "vidseg-train-state/1"
@@ -147,7 +148,15 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
             attach_key_features(sequences, model, env.device)
         else:
             _log(env, f"not caching key-CNN features ({needed / 2**30:.1f} GiB); computing them every step")
-    objective = StageObjective(model, cfg.lam)
+    weight = None
+    if cfg.class_weights == "enet":
+        weight = class_weights(torch.cat([s.labels.reshape(-1) for s in sequences]), len(meta.classes))
+        _log(
+            env,
+            "class weights: "
+            + ", ".join(f"{n} {w:.2f}" for n, w in zip(meta.classes, weight.tolist(), strict=True)),
+        )
+    objective = StageObjective(model, cfg.lam, None if weight is None else weight.to(env.device))
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     start, wall_before = 0, 0.0
     if cfg.resume:
@@ -243,6 +252,7 @@ def _recipe(
         "seed": cfg.seed,
         "size": list(size),
         "flip": cfg.flip,
+        "class_weights": cfg.class_weights,
         "flow": f"DIS ultrafast at input size / {cfg.flow_downscale}",
         "clip_distance": [lo, hi],
         "trainable": trainable_summary(model),

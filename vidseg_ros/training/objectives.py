@@ -124,17 +124,19 @@ class StageObjective(nn.Module):
     ``targets`` are TWNet's cached key-CNN features of each frame (computed here when not given).
     """
 
-    def __init__(self, model: VideoSegModel, lam: float = 10.0) -> None:
+    def __init__(self, model: VideoSegModel, lam: float = 10.0, class_weight: Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.lam = float(lam)
+        self.class_weight: Tensor | None
+        self.register_buffer("class_weight", class_weight)
 
     def forward(
         self, images: Tensor, labels: Tensor, flows: Tensor | None = None, targets: Tensor | None = None
     ) -> dict[str, Tensor]:
         model = self.model
         if images.shape[0] == 1 or not model.uses_motion:
-            ce = cross_entropy(model(images[-1]), labels[-1])
+            ce = cross_entropy(model(images[-1]), labels[-1], self.class_weight)
             return {"loss": ce, "ce": ce.detach(), "l2": torch.zeros_like(ce).detach()}
         if flows is None:
             raise ValueError(f"{model.method} trains on clips and needs flows")
@@ -153,7 +155,7 @@ class StageObjective(nn.Module):
         steps = images.shape[0] - 1
         for t in range(1, images.shape[0]):
             logits, state = model.nonkey_step(images[t], images[t - 1], flows[t], state)
-            ce = ce + cross_entropy(logits, labels[t])
+            ce = ce + cross_entropy(logits, labels[t], self.class_weight)
             if twnet is not None and targets is not None:
                 l2 = l2 + consistency(state[twnet.warp_point], targets[t])
         ce, l2 = ce / steps, l2 / steps
