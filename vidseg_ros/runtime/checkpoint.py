@@ -79,13 +79,17 @@ def save_checkpoint(
         k: (v.detach().to("cpu", torch.float16) if half and v.is_floating_point() else v.detach().cpu())
         for k, v in model.state_dict().items()
     }
-    payload = {"format": FORMAT, "meta": asdict(meta), "state_dict": state}
+    return atomic_torch_save({"format": FORMAT, "meta": asdict(meta), "state_dict": state}, path)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -8,8 +8,6 @@ the same weights (bit-identical on the CPU; CUDA's grid_sample backward uses ato
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vidseg_ros.models.twnet import TWNetModel
-from vidseg_ros.runtime.checkpoint import save_checkpoint
+from vidseg_ros.runtime.checkpoint import atomic_torch_save, save_checkpoint
 from vidseg_ros.runtime.segmenter import Segmenter
 from vidseg_ros.training import distributed
 from vidseg_ros.training.config import TrainConfig
@@ -60,18 +58,6 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_state(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig, wall_s: float
 ) -> None:
@@ -83,7 +69,7 @@ def save_state(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
     }
-    _atomic_save(state, path)
+    atomic_torch_save(state, path)
 
 
 def load_state(
