@@ -22,9 +22,9 @@ def tiny_checkpoint(tmp_path_factory):
     """Factory: a small, untrained but real checkpoint of ``method`` (cached per method for the session)."""
     import torch
 
-    from vidseg_ros.classes import SYNTH_CLASSES, SYNTH_PALETTE
-    from vidseg_ros.models.registry import arch_config, build_model
-    from vidseg_ros.runtime.checkpoint import ModelMeta, save_checkpoint
+    from vidseg_ros.classes import SYNTH_CLASSES
+    from vidseg_ros.models.registry import build_model
+    from vidseg_ros.runtime.checkpoint import save_checkpoint, synth_meta
 
     cache: dict[str, Path] = {}
 
@@ -35,14 +35,7 @@ def tiny_checkpoint(tmp_path_factory):
             model = build_model(
                 method, backbone="mobilenetv2", width_mult=0.25, num_classes=len(SYNTH_CLASSES), **options
             )
-            meta = ModelMeta(
-                method=method,
-                arch=arch_config(model),
-                classes=list(SYNTH_CLASSES),
-                palette=[list(c) for c in SYNTH_PALETTE],
-                input_size=[96, 64],
-                recipe={"note": "untrained test model"},
-            )
+            meta = synth_meta(model, (96, 64), {"note": "untrained test model"})
             cache[key] = save_checkpoint(tmp_path_factory.mktemp("ckpt") / f"{method}.pt", model, meta)
         return cache[key]
 

@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 from runtime_models import tiny_model
 
-from vidseg_ros.classes import SYNTH_CLASSES, SYNTH_PALETTE
-from vidseg_ros.models.registry import arch_config
-from vidseg_ros.runtime.checkpoint import ModelMeta, save_checkpoint
+from vidseg_ros.runtime.checkpoint import save_checkpoint, synth_meta
 
 
 @pytest.fixture(scope="session")
@@ -20,14 +18,7 @@ def nudged_checkpoint(tmp_path_factory):
     def make(method: str) -> Path:
         if method not in cache:
             model = tiny_model(method)
-            meta = ModelMeta(
-                method=method,
-                arch=arch_config(model),
-                classes=list(SYNTH_CLASSES),
-                palette=[list(c) for c in SYNTH_PALETTE],
-                input_size=[96, 64],
-                recipe={"note": "untrained, nudged test model"},
-            )
+            meta = synth_meta(model, (96, 64), {"note": "untrained, nudged test model"})
             path = tmp_path_factory.mktemp("ckpt") / f"{method}.pt"
             cache[method] = save_checkpoint(path, model, meta, half=False)
         return cache[method]

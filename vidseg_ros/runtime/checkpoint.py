@@ -47,6 +47,23 @@ class ModelMeta:
         return f"{self.method}_{self.arch.get('backbone', '?')}"
 
 
+def synth_meta(
+    model: VideoSegModel, input_size: tuple[int, int], recipe: dict[str, Any] | None = None
+) -> ModelMeta:
+    """Metadata for ``model`` with the synthetic street label set (classes and palette of ``vidseg synth``)."""
+    from vidseg_ros.classes import SYNTH_CLASSES, SYNTH_PALETTE
+    from vidseg_ros.models.registry import arch_config
+
+    return ModelMeta(
+        method=model.method,
+        arch=arch_config(model),
+        classes=list(SYNTH_CLASSES),
+        palette=[list(c) for c in SYNTH_PALETTE],
+        input_size=[int(input_size[0]), int(input_size[1])],
+        recipe=dict(recipe or {}),
+    )
+
+
 def packaged_checkpoint(name: str = DEFAULT_CHECKPOINT) -> Path:
     """Path of a checkpoint shipped inside the package."""
     return Path(str(resources.files("vidseg_ros") / "checkpoints" / name))
