@@ -51,6 +51,7 @@ class SegNode(LifecycleNode):
         self.stream: Stream | None = None
         self.segmenter: Segmenter | None = None
         self._lut = None
+        self._checkpoint_name = ""
         self._pubs: dict[str, Any] = {}
         self._sub = None
         self._diag_timer = None
