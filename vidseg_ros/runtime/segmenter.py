@@ -122,6 +122,11 @@ class Segmenter:
     ) -> tuple[torch.Tensor, State]:
         return self.backend.nonkey_step(frame.image, previous.image, flow, state)
 
+    def synchronize(self) -> None:
+        """Wait for queued device work, so that stage times are not charged to the next stage (CUDA only)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     @torch.inference_mode()
     def to_mask(self, logits: torch.Tensor, out_hw: tuple[int, int]) -> np.ndarray:
         """Arg-max at inference size, then nearest-neighbour upsampling of the ids to ``out_hw`` on device."""

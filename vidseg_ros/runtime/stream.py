@@ -110,6 +110,7 @@ class Stream:
         else:
             logits, state = seg.nonkey_step(frame, h.frame, flow, h.state)
             since_key = h.since_key + 1
+        seg.synchronize()
         t2 = time.perf_counter()
         mask = seg.to_mask(logits, shape)
         t3 = time.perf_counter()
