@@ -4,10 +4,13 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -25,6 +28,12 @@ RECORDED = {
     "semantic_mask/timing": (DiagnosticArray, "diagnostic_msgs/msg/DiagnosticArray"),
     "/diagnostics": (DiagnosticArray, "diagnostic_msgs/msg/DiagnosticArray"),
 }
+
+
+def seg_node_executable() -> str | None:
+    """The ``seg_node`` installed beside this Python (a venv), else the one on PATH."""
+    exe = Path(sys.executable).parent / "seg_node"
+    return str(exe) if exe.exists() else shutil.which("seg_node")
 
 
 @dataclass

@@ -44,18 +44,13 @@ def _config_file(explicit: Path | None) -> Path:
     raise SystemExit("vidseg demo: cannot find config/seg.yaml; pass --config")
 
 
-def _seg_node() -> str:
-    exe = Path(sys.executable).parent / "seg_node"
-    return str(exe) if exe.exists() else (shutil.which("seg_node") or "seg_node")
-
-
 def run(args: argparse.Namespace) -> int:
     import rclpy
     from tqdm import tqdm
 
     from vidseg_ros.data.bags import BagWriter, bag_info, read_frames, write_synth_bag
     from vidseg_ros.data.synth import SynthConfig
-    from vidseg_ros.ros.replay import RECORDED, Replayer
+    from vidseg_ros.ros.replay import RECORDED, Replayer, seg_node_executable
 
     started = time.monotonic()
     out: Path = args.out
@@ -70,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     cmd = [
-        _seg_node(),
+        seg_node_executable() or "seg_node",
         "--ros-args",
         "--params-file",
         str(_config_file(args.config)),
