@@ -13,8 +13,8 @@ import torch
 from runtime_models import METHODS, tiny_model
 
 from vidseg_ros.cli import main as vidseg
-from vidseg_ros.runtime.backends import step_specs
 from vidseg_ros.runtime.checkpoint import load_checkpoint
+from vidseg_ros.runtime.steps import step_specs
 from vidseg_ros.tools.export import relative_error
 
 ort = pytest.importorskip("onnxruntime")

@@ -30,10 +30,11 @@ from vidseg_ros.imgcodec import ImageDecodeError
 from vidseg_ros.palette import colorize, overlay, palette_lut
 from vidseg_ros.ros.convert import image_to_rgb, make_image
 from vidseg_ros.ros.params import declare_all, read_all
-from vidseg_ros.runtime.backends import BackendUnavailable, default_flow_hw, select_backend
+from vidseg_ros.runtime.backends import BackendUnavailable, select_backend
 from vidseg_ros.runtime.checkpoint import CheckpointError, file_hash, load_checkpoint, resolve_checkpoint
 from vidseg_ros.runtime.segmenter import Segmenter, backend_request
 from vidseg_ros.runtime.stats import OK, WARN, NodeStats
+from vidseg_ros.runtime.steps import default_flow_hw
 from vidseg_ros.runtime.stream import Stream
 
 _LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN}

@@ -169,8 +169,8 @@ def time_models(
     """
     import torch
 
-    from vidseg_ros.runtime.backends import default_flow_hw
     from vidseg_ros.runtime.segmenter import Segmenter
+    from vidseg_ros.runtime.steps import default_flow_hw
 
     w, h = size
     frames = synthetic_frames(w, h, repeats + 2)

@@ -150,8 +150,8 @@ def _run_onnx(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from vidseg_ros.runtime.backends import default_flow_hw, step_specs
     from vidseg_ros.runtime.checkpoint import file_hash
+    from vidseg_ros.runtime.steps import default_flow_hw, step_specs
 
     if args.opset < 17:
         print(
@@ -234,11 +234,10 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
         BackendUnavailable,
         TensorRTBackend,
         choose_backend,
-        default_flow_hw,
-        step_specs,
     )
     from vidseg_ros.runtime.checkpoint import file_hash
     from vidseg_ros.runtime.engine_cache import EngineCache
+    from vidseg_ros.runtime.steps import default_flow_hw, step_specs
 
     try:
         _, precision, _ = choose_backend("tensorrt", args.precision)
