@@ -195,14 +195,16 @@ def test_bad_parameter_updates_are_rejected_with_a_reason(running):
 def test_overload_keeps_latency_bounded_and_counts_drops(tiny_checkpoint):
     """Publishing at 3x the model's rate: the node keeps the newest frame, drops the rest and says so."""
     topic = "/vt_load/image"
-    # A larger inference size makes the tiny model slow enough to overload on purpose. Reliable QoS, so that
-    # every frame reaches the node and each one is either answered or counted as dropped.
+    # A larger inference size makes the tiny model slow enough to overload on purpose. Reliable QoS and a deep
+    # DDS history, so that every frame reaches the node's callback (none is overwritten inside DDS) and each one
+    # is either answered or counted as dropped by the node.
     params = {
         "model.checkpoint": tiny_checkpoint("perframe"),
         "model.device": "cpu",
         "model.width": 640,
         "model.height": 480,
         "qos.reliability": "reliable",
+        "qos.depth": 100,
     }
     node = NodeProcess(topic, params, name="vidseg_load")
     harness = Harness(topic)
