@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 from harness import Harness, NodeProcess, frame, stamp_of, timing_values
@@ -210,12 +209,10 @@ def test_overload_keeps_latency_bounded_and_counts_drops(tiny_checkpoint):
     harness = Harness(topic)
     try:
         harness.wait_for_node(node)
-        for i in range(5):  # measure the model's own rate
+        for i in range(8):  # measure the model's own rate, after the first frames have warmed it up
             harness.publish(frame(T0 + i * STEP, width=320, height=240))
             assert harness.wait_for(lambda i=i: len(harness.messages("timing")) > i)
-        model_ms = float(
-            np.median([float(timing_values(t)["total_ms"]) for t in harness.messages("timing")[1:]])
-        )
+        model_ms = min(float(timing_values(t)["total_ms"]) for t in harness.messages("timing")[3:])
         harness.clear()
         period = model_ms / 3 / 1e3
         msgs = [frame(T0 + (100 + i) * STEP, width=320, height=240) for i in range(int(3.0 / period))]
@@ -228,7 +225,8 @@ def test_overload_keeps_latency_bounded_and_counts_drops(tiny_checkpoint):
         end = time.monotonic()
         harness.wait_for(lambda: any(t > end + 1.0 for t, _ in harness.timed("diagnostics")), timeout=5)
         masks = harness.timed("mask")
-        assert 0 < len(masks) < len(sent) / 2, (len(masks), len(sent), model_ms)
+        # About a third is answered at 3x the model's rate; the bound leaves room for a noisy machine.
+        assert 0 < len(masks) < 0.6 * len(sent), (len(masks), len(sent), model_ms)
         latencies = [t - sent[stamp_of(m)] for t, m in masks]
         # A queue would make latency grow with every frame; keeping only the newest bounds it by ~2 model steps.
         assert max(latencies) < 4 * model_ms / 1e3 + 0.25, (model_ms, latencies)
