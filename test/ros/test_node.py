@@ -59,7 +59,9 @@ def test_masks_keep_header_and_size_for_every_encoding(running):
             src.width,
         )
         assert max(mask.data) < 9  # class ids of the 9-class model
-    harness.wait_for(lambda: len(harness.messages("overlay")) >= len(sent))
+    harness.wait_for(
+        lambda: all(len(harness.messages(k)) >= len(sent) for k in ("color", "overlay", "timing"))
+    )
     for key in ("color", "overlay"):
         out = harness.messages(key)
         assert [m.header for m in out] == [s.header for s in sent], key
@@ -211,7 +213,10 @@ def test_overload_keeps_latency_bounded_and_counts_drops(tiny_checkpoint):
         harness.wait_for_node(node)
         for i in range(8):  # measure the model's own rate, after the first frames have warmed it up
             harness.publish(frame(T0 + i * STEP, width=320, height=240))
-            assert harness.wait_for(lambda i=i: len(harness.messages("timing")) > i)
+            # Mask and timing travel on separate topics: wait for both, so neither lands after clear().
+            assert harness.wait_for(
+                lambda i=i: len(harness.messages("timing")) > i and len(harness.messages("mask")) > i
+            )
         model_ms = min(float(timing_values(t)["total_ms"]) for t in harness.messages("timing")[3:])
         harness.clear()
         period = model_ms / 3 / 1e3
@@ -332,7 +337,10 @@ def test_each_method_runs_over_dds_with_its_key_frame_policy(tiny_checkpoint, me
         sent = [frame(T0 + i * STEP) for i in range(len(keys))]
         for m in sent:
             harness.publish(m)
-        assert harness.wait_for(lambda: len(harness.messages("timing")) >= len(sent), timeout=60), node.output
+        assert harness.wait_for(
+            lambda: min(len(harness.messages("timing")), len(harness.messages("mask"))) >= len(sent),
+            timeout=60,
+        ), node.output
         timings = harness.messages("timing")
         assert [stamp_of(t) for t in timings] == [stamp_of(m) for m in sent]
         assert [timing_values(t)["key_frame"] == "true" for t in timings] == keys
