@@ -13,7 +13,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from .synth_camera import SHIFT, Camera, clip_near, to_fixed
+from .synth_camera import SHIFT, Camera, clip_near, screen_box, to_fixed
 from .synth_draw import CAR, PERSON, Canvas, Fog, limb
 from .synth_textures import SIDEWALK
 from .synth_world import Car, Person
@@ -23,14 +23,10 @@ _UP = np.array([0.0, 1.0, 0.0])
 
 def _shadow(canvas: Canvas, cam: Camera, pts: np.ndarray, factor: float) -> None:
     """Darkens the ground (road/sidewalk pixels only, so no label changes) under a world polygon."""
-    clipped = clip_near(cam.to_cam(pts), cam.near)
-    if len(clipped) < 3:
+    box = screen_box(cam, pts)
+    if box is None:
         return
-    uv = cam.project(clipped)
-    x0, y0 = np.maximum(np.floor(uv.min(0)).astype(int), 0)
-    x1, y1 = np.minimum(np.ceil(uv.max(0)).astype(int) + 1, [cam.width, cam.height])
-    if x0 >= x1 or y0 >= y1:
-        return
+    uv, x0, y0, x1, y1 = box
     mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
     cv2.fillPoly(mask, [to_fixed(uv - [x0, y0])], 1, cv2.LINE_8, SHIFT)
     sel = mask.view(bool) & (canvas.label[y0:y1, x0:x1] <= SIDEWALK)

@@ -122,6 +122,20 @@ def clip_near(cam_pts: np.ndarray, near: float) -> np.ndarray:
     return np.array(out)
 
 
+def screen_box(cam: Camera, world_pts: np.ndarray) -> tuple[np.ndarray, int, int, int, int] | None:
+    """Projects a world polygon clipped at the near plane: ``(uv, x0, y0, x1, y1)`` with the pixel box clamped
+    to the image, or None when nothing of it is on screen."""
+    clipped = clip_near(cam.to_cam(world_pts), cam.near)
+    if len(clipped) < 3:
+        return None
+    uv = cam.project(clipped)
+    x0, y0 = np.maximum(np.floor(uv.min(0)).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(uv.max(0)).astype(int) + 1, [cam.width, cam.height])
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return uv, int(x0), int(y0), int(x1), int(y1)
+
+
 def clip_segment(a: np.ndarray, b: np.ndarray, near: float) -> tuple[np.ndarray, np.ndarray] | None:
     """Clips a camera-frame segment to ``z >= near``; None when it is entirely behind."""
     a_in, b_in = a[2] >= near, b[2] >= near

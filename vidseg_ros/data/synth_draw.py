@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from ..classes import SYNTH_CLASSES
-from .synth_camera import SHIFT, Camera, clip_near, clip_segment, texel_density, to_fixed
+from .synth_camera import SHIFT, Camera, clip_near, clip_segment, screen_box, texel_density, to_fixed
 from .synth_textures import MIP_LEVELS, TRANSPARENT, Sprite, Texture
 from .synth_world import Pole
 
@@ -138,14 +138,10 @@ def draw_plane(canvas: Canvas, cam: Camera, plane: Plane, fog: Fog) -> None:
         return
     (eu, ev), (su, sv) = plane.extent, plane.lo
     quad = plane.corner + np.array([[su, sv], [eu, sv], [eu, ev], [su, ev]]) @ np.stack([plane.du, plane.dv])
-    clipped = clip_near(cam.to_cam(quad), cam.near)
-    if len(clipped) < 3:
+    box = screen_box(cam, quad)
+    if box is None:
         return
-    uv = cam.project(clipped)
-    x0, y0 = np.maximum(np.floor(uv.min(0)).astype(int), 0)
-    x1, y1 = np.minimum(np.ceil(uv.max(0)).astype(int) + 1, [cam.width, cam.height])
-    if x0 >= x1 or y0 >= y1:
-        return
+    uv, x0, y0, x1, y1 = box
     bw, bh = int(x1 - x0), int(y1 - y0)
     step_u, step_v = plane.du / plane.res, plane.dv / plane.res
     g = cam.plane_to_image(plane.corner + 0.5 * (step_u + step_v), step_u, step_v)
