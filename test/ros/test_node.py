@@ -206,6 +206,9 @@ def test_overload_keeps_latency_bounded_and_counts_drops(tiny_checkpoint):
         "model.height": 480,
         "qos.reliability": "reliable",
         "qos.depth": 100,
+        # At 3x the model's rate about two thirds are dropped; a threshold well below that keeps the WARN
+        # check independent of how many frames a noisy machine happens to answer.
+        "diagnostics.drop_warn_ratio": 0.2,
     }
     node = NodeProcess(topic, params, name="vidseg_load")
     harness = Harness(topic)
