@@ -80,6 +80,8 @@ def test_eval_reports_json_table_and_plot(setup, capsys):
         assert r["ms_per_frame"] > 0 and r["ms_key"] > 0
     assert perframe["method"] == "perframe" and perframe["ms_nonkey"] is None
     assert perframe["key_frames"] == 2 * FRAMES and list(perframe["key_distance"]) == ["0"]
+    # Every per-frame frame sits at distance 0, so that bucket's per-class IoU is the overall one.
+    assert perframe["key_distance"]["0"]["per_class_iou"] == pytest.approx(perframe["per_class_iou"])
     # --key-interval 4 applies to TWNet (as the node's twnet.key_interval): keys at 0, 4, 8 of each bag.
     assert twnet["key_interval"] == 4 and twnet["key_frames"] == 6 and twnet["ms_nonkey"] > 0
     assert list(twnet["key_distance"]) == ["0", "1", "2", "3"]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vidseg_ros.metrics import SequenceMetrics, confusion, mean_iou
+from vidseg_ros.metrics import SequenceMetrics, confusion, iou_per_class, mean_iou
 from vidseg_ros.runtime.checkpoint import load_checkpoint, resolve_checkpoint
 from vidseg_ros.runtime.segmenter import Segmenter
 from vidseg_ros.runtime.stream import Stream
@@ -76,7 +76,7 @@ def evaluate_checkpoint(
     """Scores one checkpoint on ``bags``; returns a JSON-ready dict (see ``vidseg eval --help``).
 
     ``key_interval`` overrides a TWNet checkpoint's interval, as the node's ``twnet.key_interval`` does;
-    other methods keep their own policy. ``key_distance`` adds mIoU per distance from the last key frame.
+    other methods keep their own policy. ``key_distance`` adds mIoU and per-class IoU per distance from the last key frame.
     """
     from vidseg_ros.data.bags import read_frames
 
@@ -151,7 +151,11 @@ def evaluate_checkpoint(
     }
     if key_distance:
         result["key_distance"] = {
-            str(d): {"miou": mean_iou(by_distance[d]), "frames": distance_frames[d]}
+            str(d): {
+                "miou": mean_iou(by_distance[d]),
+                "per_class_iou": dict(zip(classes, iou_per_class(by_distance[d]).tolist(), strict=True)),
+                "frames": distance_frames[d],
+            }
             for d in sorted(by_distance)
         }
     return json_safe(result)
