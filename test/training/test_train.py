@@ -21,6 +21,7 @@ from vidseg_ros.runtime.checkpoint import load_checkpoint, read_checkpoint, save
 from vidseg_ros.training.config import TrainConfig
 from vidseg_ros.training.data import Clip, ClipSampler, FrameSequence, collate
 from vidseg_ros.training.evaluate import evaluate_checkpoint
+from vidseg_ros.training.loop import FRESH_LR_MULT, make_optimizer
 from vidseg_ros.training.objectives import build_stage_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,6 +156,11 @@ def test_netwarp_fine_tunes_from_perframe(bag, perframe, tmp_path):
     trained = weights(out)
     assert not torch.equal(trained["netwarp.c5.w2"], torch.zeros_like(trained["netwarp.c5.w2"]))
     assert any(not torch.equal(init[k], trained[f"image_model.{k}"]) for k in init)  # the whole model trains
+    assert meta.recipe["fresh_lr_mult"] == {"modules": ["netwarp"], "mult": FRESH_LR_MULT}
+    # The schedule scales every group by its multiplier: the fresh groups ran at FRESH_LR_MULT x the rest.
+    groups = torch.load(f"{out}.state", weights_only=True)["optimizer"]["param_groups"]
+    rates = {g["lr_mult"]: g["lr"] for g in groups}
+    assert rates[FRESH_LR_MULT] == pytest.approx(FRESH_LR_MULT * rates[1.0]) and rates[1.0] > 0
 
 
 def test_twnet_stage2_keeps_the_key_cnn_frozen(bag, perframe, tmp_path):
@@ -291,3 +297,20 @@ def test_torchrun_two_cpu_processes(bag, tmp_path):
     assert meta.recipe["world_size"] == 2
     assert meta.recipe["ddp"]["param_checksum_spread"] == 0.0
     assert np.isfinite(meta.recipe["final_loss"])
+
+
+@pytest.mark.parametrize(
+    "model", [NetWarpModel(num_classes=3, width_mult=0.25), TWNetModel(num_classes=3, width_mult=0.25)]
+)
+def test_fresh_video_modules_train_at_a_higher_rate(model):
+    """NetWarp's FlowCNN/fusion and TWNet's CFR/RGA start from scratch; the image-model weights do not."""
+    optimizer = make_optimizer(model, lr=1e-3, weight_decay=1e-4)
+    mult = {id(p): g["lr_mult"] for g in optimizer.param_groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert set(mult) == {id(p) for p in params.values()}
+    fresh = {n for n in params if n.split(".")[0] in model.fresh_modules}
+    assert fresh and len(fresh) < len(params)
+    for name, p in params.items():
+        assert mult[id(p)] == (FRESH_LR_MULT if name in fresh else 1.0), name
+        assert decay[id(p)] == (1e-4 if p.ndim > 1 else 0.0), name

@@ -32,6 +32,9 @@ class VideoSegModel(nn.Module):
 
     method: ClassVar[str] = ""
     uses_motion: ClassVar[bool] = False
+    #: Submodules that stage-2 training creates from scratch (the rest starts from a trained image model);
+    #: they train at a higher learning rate (``FRESH_LR_MULT`` in :mod:`vidseg_ros.training.loop`).
+    fresh_modules: ClassVar[tuple[str, ...]] = ()
     key_interval: int = 1
 
     def key_step(self, image: Tensor) -> tuple[Tensor, State]:

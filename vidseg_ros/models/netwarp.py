@@ -115,6 +115,7 @@ class NetWarpModel(VideoSegModel):
 
     method = "netwarp"
     uses_motion = True
+    fresh_modules = ("netwarp",)
     key_interval = 0
 
     def __init__(

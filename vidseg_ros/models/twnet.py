@@ -158,6 +158,7 @@ class TWNetModel(VideoSegModel):
 
     method = "twnet"
     uses_motion = True
+    fresh_modules = ("cfr", "rga")
 
     def __init__(
         self,
