@@ -15,7 +15,7 @@ from vidseg_ros.runtime.checkpoint import load_checkpoint, save_checkpoint
 from vidseg_ros.runtime.segmenter import Segmenter
 from vidseg_ros.runtime.stream import Stream
 from vidseg_ros.training.config import TrainConfig
-from vidseg_ros.training.evaluate import evaluate_checkpoint
+from vidseg_ros.training.evaluate import evaluate_checkpoint, evaluate_checkpoints
 from vidseg_ros.training.objectives import build_stage_model
 
 FRAMES = 10
@@ -87,6 +87,16 @@ def test_eval_reports_json_table_and_plot(setup, capsys):
     assert list(twnet["key_distance"]) == ["0", "1", "2", "3"]
     assert twnet["key_distance"]["0"]["frames"] == 6 and twnet["key_distance"]["3"]["frames"] == 4
     assert (out / "eval.png").stat().st_size > 10_000
+
+
+def test_interleaved_checkpoints_score_as_they_do_alone(setup):
+    """Several checkpoints share the frames, never the state: each scores exactly as it does on its own."""
+    bags = [setup["bag0"], setup["bag1"]]
+    together = evaluate_checkpoints([setup["twnet"], setup["perframe"]], bags, key_interval=3, progress=False)
+    for name, result in zip(("twnet", "perframe"), together, strict=True):
+        alone = evaluate_checkpoint(setup[name], bags, key_interval=3, progress=False)
+        for key in ("miou", "tc", "trimap_iou", "per_class_iou", "key_frames", "per_bag"):
+            assert result[key] == alone[key], (name, key)
 
 
 def test_eval_runs_exactly_like_a_node_stream(setup):

@@ -5,10 +5,11 @@ Example::
     vidseg eval --checkpoint perframe.pt --checkpoint twnet.pt --bag bags/test \\
         --json eval.json --plot eval.png --key-distance
 
-Each checkpoint runs over each bag frame by frame through ``runtime.Stream`` (as the node does). The JSON
-holds, per checkpoint: ``miou``, ``tc``, ``trimap_iou``, ``per_class_iou``, ``ms_per_frame``, ``ms_key``,
+Each checkpoint runs over each bag frame by frame through ``runtime.Stream`` (as the node does); the
+checkpoints are interleaved frame by frame, so their times compare within the run. The JSON holds, per
+checkpoint: ``miou``, ``tc``, ``trimap_iou``, ``per_class_iou``, ``ms_per_frame``, ``ms_key``,
 ``ms_nonkey``, ``ms_p95``, ``stage_ms``, ``per_bag`` and, with ``--key-distance``, ``key_distance``
-(``{"0": {"miou", "frames"}, "1": ...}``). A markdown table goes to stdout.
+(``{"0": {"miou", "per_class_iou", "frames"}, "1": ...}``). A markdown table goes to stdout.
 """
 
 from __future__ import annotations
@@ -119,29 +120,24 @@ def run(args: argparse.Namespace) -> int:
     from vidseg_ros.data.bags import BagError
     from vidseg_ros.runtime.checkpoint import CheckpointError
     from vidseg_ros.runtime.segmenter import pick_device
-    from vidseg_ros.training.evaluate import evaluate_checkpoint
+    from vidseg_ros.training.evaluate import evaluate_checkpoints
 
     if args.key_interval is not None and args.key_interval < 1:
         print(f"vidseg eval: error: --key-interval must be >= 1, got {args.key_interval}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = []
     try:
-        device = pick_device(args.device)
-        for checkpoint in args.checkpoints:
-            results.append(
-                evaluate_checkpoint(
-                    checkpoint,
-                    args.bags,
-                    device=device,
-                    input_size=args.size,
-                    key_interval=args.key_interval,
-                    key_distance=args.key_distance,
-                    flow_downscale=args.flow_downscale,
-                    progress=args.progress,
-                )
-            )
+        results = evaluate_checkpoints(
+            args.checkpoints,
+            args.bags,
+            device=pick_device(args.device),
+            input_size=args.size,
+            key_interval=args.key_interval,
+            key_distance=args.key_distance,
+            flow_downscale=args.flow_downscale,
+            progress=args.progress,
+        )
     except (CheckpointError, BagError, RuntimeError, ValueError) as e:
         print(f"vidseg eval: error: {e}", file=sys.stderr)
         return 2

@@ -1,9 +1,10 @@
-"""Online evaluation: a checkpoint runs over bags frame by frame through ``Stream``, exactly as in the node.
+"""Online evaluation: checkpoints run over bags frame by frame through ``Stream``, exactly as in the node.
 
-Each bag gets a fresh :class:`~vidseg_ros.runtime.stream.Stream` (state carried from frame to frame, the
-model's key-frame policy, the node's reset rules), and every frame's mask is scored against the bag's labels
-at the image's resolution. Times are the wall time of ``Stream.step`` (preprocessing, flow, model and mask),
-split into key and non-key frames.
+Each bag gets a fresh :class:`~vidseg_ros.runtime.stream.Stream` per checkpoint (state carried from frame to
+frame, the model's key-frame policy, the node's reset rules), and every frame's mask is scored against the
+bag's labels at the image's resolution. Times are the wall time of ``Stream.step`` (preprocessing, flow,
+model and mask), split into key and non-key frames. Several checkpoints are interleaved frame by frame, so
+their times come from the same stretch of the run.
 """
 
 from __future__ import annotations
@@ -62,8 +63,106 @@ def _warm_up(segmenter: Segmenter, bag: PathLike) -> None:
             break
 
 
-def evaluate_checkpoint(
-    checkpoint: PathLike,
+class _Run:
+    """One checkpoint's evaluation: its segmenter, a Stream per bag and the accumulated scores and times."""
+
+    def __init__(
+        self,
+        checkpoint: PathLike,
+        *,
+        device: str | torch.device,
+        input_size: tuple[int, int] | None,
+        key_interval: int | None,
+        key_distance: bool,
+        flow_downscale: int,
+    ) -> None:
+        self.path = resolve_checkpoint(checkpoint)
+        model, self.meta = load_checkpoint(self.path, device=device)
+        self.segmenter = Segmenter(
+            model, self.meta, device=device, input_size=input_size or (0, 0), flow_downscale=flow_downscale
+        )
+        if key_interval and model.method == "twnet":
+            self.segmenter.key_interval = int(key_interval)
+        self.classes = list(self.meta.classes)
+        self.key_distance = key_distance
+        self.total = SequenceMetrics(num_classes=len(self.classes))
+        self.by_distance: dict[int, np.ndarray] = {}
+        self.distance_frames: dict[int, int] = {}
+        self.key_ms: list[float] = []
+        self.nonkey_ms: list[float] = []
+        self.stages: dict[str, float] = {}
+        self.per_bag: list[dict[str, Any]] = []
+
+    def start_bag(self) -> None:
+        self.stream = Stream(self.segmenter)
+        self.metrics = SequenceMetrics(num_classes=len(self.classes))
+        self.distance = 0
+        self.frames = 0
+
+    def step(self, frame: Any) -> None:
+        t0 = time.perf_counter()
+        result = self.stream.step(frame.image, frame.stamp_ns, frame_id=frame.frame_id)
+        elapsed = (time.perf_counter() - t0) * 1e3
+        self.frames += 1
+        (self.key_ms if result.is_key else self.nonkey_ms).append(elapsed)
+        for stage, ms in result.timings_ms.items():
+            self.stages[stage] = self.stages.get(stage, 0.0) + ms
+        self.distance = 0 if result.is_key else self.distance + 1
+        if frame.labels is None:
+            self.metrics.reset_sequence()  # TC pairs consecutive frames only
+            return
+        self.metrics.update(result.mask, frame.labels, frame.image)
+        if self.key_distance:
+            n = len(self.classes)
+            cm = self.by_distance.setdefault(self.distance, np.zeros((n, n), np.int64))
+            cm += confusion(result.mask, frame.labels, n)
+            self.distance_frames[self.distance] = self.distance_frames.get(self.distance, 0) + 1
+
+    def end_bag(self, bag: PathLike) -> None:
+        summary = self.metrics.summary(self.classes)
+        self.per_bag.append(
+            {"bag": str(bag), "frames": self.frames, "resets": self.stream.resets, **_scores(summary)}
+        )
+        _merge(self.total, self.metrics)
+
+    def result(self) -> dict[str, Any]:
+        all_ms = self.key_ms + self.nonkey_ms
+        summary = self.total.summary(self.classes)
+        result: dict[str, Any] = {
+            "checkpoint": str(self.path),
+            "name": self.path.stem,
+            "method": self.meta.method,
+            "arch": self.meta.arch,
+            "input_size": list(self.segmenter.input_size),
+            "key_interval": self.segmenter.key_interval,
+            "device": str(self.segmenter.device),
+            "frames": len(all_ms),
+            "labelled_frames": self.total.frames,
+            "key_frames": len(self.key_ms),
+            "nonkey_frames": len(self.nonkey_ms),
+            **_scores(summary),
+            "per_class_iou": summary["per_class_iou"],
+            "ms_per_frame": _mean(all_ms),
+            "ms_key": _mean(self.key_ms),
+            "ms_nonkey": _mean(self.nonkey_ms),
+            "ms_p95": float(np.percentile(all_ms, 95)) if all_ms else None,
+            "stage_ms": {k: v / max(1, len(all_ms)) for k, v in self.stages.items()},
+            "per_bag": self.per_bag,
+        }
+        if self.key_distance:
+            result["key_distance"] = {
+                str(d): {
+                    "miou": mean_iou(cm),
+                    "per_class_iou": dict(zip(self.classes, iou_per_class(cm).tolist(), strict=True)),
+                    "frames": self.distance_frames[d],
+                }
+                for d, cm in sorted(self.by_distance.items())
+            }
+        return json_safe(result)
+
+
+def evaluate_checkpoints(
+    checkpoints: Sequence[PathLike],
     bags: Sequence[PathLike],
     *,
     device: str | torch.device = "cpu",
@@ -72,93 +171,49 @@ def evaluate_checkpoint(
     key_distance: bool = False,
     flow_downscale: int = 2,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Scores one checkpoint on ``bags``; returns a JSON-ready dict (see ``vidseg eval --help``).
+) -> list[dict[str, Any]]:
+    """Scores checkpoints on ``bags``; returns one JSON-ready dict each (see ``vidseg eval --help``).
+
+    The checkpoints run interleaved: each frame goes through every checkpoint's stream before the next frame
+    is read, so a machine that slows down or speeds up during the run affects all of them alike and their
+    times compare (the ratios of one run). Each checkpoint's stream sees exactly the frames it would alone.
 
     ``key_interval`` overrides a TWNet checkpoint's interval, as the node's ``twnet.key_interval`` does;
-    other methods keep their own policy. ``key_distance`` adds mIoU and per-class IoU per distance from the last key frame.
+    other methods keep their own policy. ``key_distance`` adds mIoU and per-class IoU per distance from the
+    last key frame.
     """
     from vidseg_ros.data.bags import read_frames
 
-    path = resolve_checkpoint(checkpoint)
-    model, meta = load_checkpoint(path, device=device)
-    segmenter = Segmenter(
-        model, meta, device=device, input_size=input_size or (0, 0), flow_downscale=flow_downscale
-    )
-    if key_interval and model.method == "twnet":
-        segmenter.key_interval = int(key_interval)
-    classes = list(meta.classes)
-    n = len(classes)
-    _warm_up(segmenter, bags[0])
-
-    total = SequenceMetrics(num_classes=n)
-    by_distance: dict[int, np.ndarray] = {}
-    distance_frames: dict[int, int] = {}
-    key_ms: list[float] = []
-    nonkey_ms: list[float] = []
-    stages: dict[str, float] = {}
-    per_bag = []
+    runs = [
+        _Run(
+            checkpoint,
+            device=device,
+            input_size=input_size,
+            key_interval=key_interval,
+            key_distance=key_distance,
+            flow_downscale=flow_downscale,
+        )
+        for checkpoint in checkpoints
+    ]
+    for run in runs:
+        _warm_up(run.segmenter, bags[0])
+    names = ", ".join(run.path.stem for run in runs)
     for bag in bags:
-        stream = Stream(segmenter)
-        metrics = SequenceMetrics(num_classes=n)
-        distance = 0
-        frames = 0
+        for run in runs:
+            run.start_bag()
         for frame in tqdm(
-            read_frames(bag), desc=f"{path.stem} {Path(bag).name}", unit="frame", disable=not progress
+            read_frames(bag), desc=f"{Path(bag).name}: {names}", unit="frame", disable=not progress
         ):
-            t0 = time.perf_counter()
-            result = stream.step(frame.image, frame.stamp_ns, frame_id=frame.frame_id)
-            elapsed = (time.perf_counter() - t0) * 1e3
-            frames += 1
-            (key_ms if result.is_key else nonkey_ms).append(elapsed)
-            for stage, ms in result.timings_ms.items():
-                stages[stage] = stages.get(stage, 0.0) + ms
-            distance = 0 if result.is_key else distance + 1
-            if frame.labels is None:
-                metrics.reset_sequence()  # TC pairs consecutive frames only
-                continue
-            metrics.update(result.mask, frame.labels, frame.image)
-            if key_distance:
-                cm = by_distance.setdefault(distance, np.zeros((n, n), np.int64))
-                cm += confusion(result.mask, frame.labels, n)
-                distance_frames[distance] = distance_frames.get(distance, 0) + 1
-        summary = metrics.summary(classes)
-        per_bag.append({"bag": str(bag), "frames": frames, "resets": stream.resets, **_scores(summary)})
-        _merge(total, metrics)
+            for run in runs:
+                run.step(frame)
+        for run in runs:
+            run.end_bag(bag)
+    return [run.result() for run in runs]
 
-    all_ms = key_ms + nonkey_ms
-    summary = total.summary(classes)
-    result: dict[str, Any] = {
-        "checkpoint": str(path),
-        "name": path.stem,
-        "method": meta.method,
-        "arch": meta.arch,
-        "input_size": list(segmenter.input_size),
-        "key_interval": segmenter.key_interval,
-        "device": str(segmenter.device),
-        "frames": len(all_ms),
-        "labelled_frames": total.frames,
-        "key_frames": len(key_ms),
-        "nonkey_frames": len(nonkey_ms),
-        **_scores(summary),
-        "per_class_iou": summary["per_class_iou"],
-        "ms_per_frame": _mean(all_ms),
-        "ms_key": _mean(key_ms),
-        "ms_nonkey": _mean(nonkey_ms),
-        "ms_p95": float(np.percentile(all_ms, 95)) if all_ms else None,
-        "stage_ms": {k: v / max(1, len(all_ms)) for k, v in stages.items()},
-        "per_bag": per_bag,
-    }
-    if key_distance:
-        result["key_distance"] = {
-            str(d): {
-                "miou": mean_iou(by_distance[d]),
-                "per_class_iou": dict(zip(classes, iou_per_class(by_distance[d]).tolist(), strict=True)),
-                "frames": distance_frames[d],
-            }
-            for d in sorted(by_distance)
-        }
-    return json_safe(result)
+
+def evaluate_checkpoint(checkpoint: PathLike, bags: Sequence[PathLike], **options: Any) -> dict[str, Any]:
+    """:func:`evaluate_checkpoints` for one checkpoint."""
+    return evaluate_checkpoints([checkpoint], bags, **options)[0]
 
 
 def _scores(summary: dict[str, Any]) -> dict[str, Any]:
