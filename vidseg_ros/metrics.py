@@ -115,5 +115,7 @@ class SequenceMetrics:
             "miou": mean_iou(self.cm),
             "trimap_iou": mean_iou(self.cm_trimap),
             "tc": mean_iou(self.cm_tc) if self.cm_tc.any() else float("nan"),
-            "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(class_names, per_class, strict=False)},
+            "per_class_iou": {
+                n: (None if np.isnan(v) else float(v)) for n, v in zip(class_names, per_class, strict=False)
+            },
         }
