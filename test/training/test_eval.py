@@ -68,8 +68,14 @@ def test_eval_reports_json_table_and_plot(setup, capsys):
     table = capsys.readouterr().out
     assert "| method | mIoU | TC | trimap IoU | ms/frame | key ms | non-key ms |" in table
     assert "| perframe (perframe, K=1) |" in table and "| twnet (twnet, K=4) |" in table
+    assert "| class | perframe | twnet |" in table
 
     report = json.loads((out / "eval.json").read_text())
+    for cls, iou in report["results"][1]["per_class_iou"].items():  # the class table's twnet column
+        cell = "n/a" if iou is None else f"{100 * iou:.1f}"
+        assert any(
+            line.startswith(f"| {cls} |") and line.endswith(f" | {cell} |") for line in table.splitlines()
+        )
     assert report["bags"] == [str(setup["bag0"]), str(setup["bag1"])]
     perframe, twnet = report["results"]
     for r in (perframe, twnet):

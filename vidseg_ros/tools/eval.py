@@ -70,6 +70,18 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def class_table(results: Sequence[dict[str, Any]]) -> str:
+    """Per-class IoU (%), one column per checkpoint: ``| class | name1 | name2 | ... |``."""
+    lines = [
+        "| class | " + " | ".join(r["name"] for r in results) + " |",
+        "|---|" + "---:|" * len(results),
+    ]
+    for cls in results[0]["per_class_iou"]:
+        cells = " | ".join(_pct(r["per_class_iou"].get(cls)) for r in results)
+        lines.append(f"| {cls} | {cells} |")
+    return "\n".join(lines)
+
+
 def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
     """Bar chart of mIoU, TC and trimap IoU per checkpoint; mIoU vs key distance when measured."""
     import matplotlib
@@ -154,4 +166,6 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot(results, args.plot)
     print(markdown_table(results))
+    print()
+    print(class_table(results))
     return 0
