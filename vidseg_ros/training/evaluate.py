@@ -197,13 +197,11 @@ def evaluate_checkpoints(
     ]
     for run in runs:
         _warm_up(run.segmenter, bags[0])
-    names = ", ".join(run.path.stem for run in runs)
     for bag in bags:
         for run in runs:
             run.start_bag()
-        for frame in tqdm(
-            read_frames(bag), desc=f"{Path(bag).name}: {names}", unit="frame", disable=not progress
-        ):
+        desc = f"eval {Path(bag).name} ({len(runs)} checkpoint{'s' * (len(runs) > 1)})"
+        for frame in tqdm(read_frames(bag), desc=desc, unit="frame", disable=not progress):
             for run in runs:
                 run.step(frame)
         for run in runs:
