@@ -55,7 +55,7 @@ bags: setup
 # Stage 1: the image model. Then each method gets the same 300 further steps from it (per-frame: plain fine-tuning).
 # The shipped stage 1 ran with --threads 2 (same seed), so a rerun matches it closely but not bit for bit.
 train: bags
-	$(TRAIN) --method perframe --out $(CKPT)/perframe_s1.pt --steps 800
+	$(TRAIN) --method perframe --out $(CKPT)/perframe_s1.pt --steps 1600
 	$(TRAIN) --method perframe --out $(CKPT)/perframe_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300 --lr 2e-4
 	$(TRAIN) --method netwarp --out $(CKPT)/netwarp_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN) --method twnet --warp-layer 3 --out $(CKPT)/twnet_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300

@@ -15,6 +15,10 @@ import numpy as np
 from .synth_textures import BuildingSpec
 
 SEG_LEN = 40.0
+#: Mean pedestrians per sidewalk of a segment and per crossing (Poisson): busy streets, so that people (the
+#: non-rigid class the temporal models are judged on) cover about 1% of the pixels, as in Cityscapes.
+PEOPLE_PER_SIDE = 3.5
+PEOPLE_PER_CROSSING = 3.0
 CROSS_FAR = 110.0  # how far a cross street is modelled away from the main street (m)
 
 _WALLS = np.array(
@@ -436,7 +440,7 @@ def make_segment(seed: int, index: int, street: Street, ego: Ego, speeds: dict[i
                 panels = _sign_panels(rng, float(side))
                 top = panels[0].height + panels[0].size
                 seg.poles.append(Pole(edge + side * 0.5, z, top, 0.08, 0.0, panels))
-        n_people = int(rng.poisson(1.5)) + (1 if start else 0)
+        n_people = int(rng.poisson(PEOPLE_PER_SIDE)) + (1 if start else 0)
         for k in range(n_people):
             x = edge + side * float(rng.uniform(0.7, walk - 0.6))
             z = float(rng.uniform(z0 + 8.0, z0 + 30.0) if start and k == 0 else rng.uniform(z0, z1))
@@ -476,7 +480,7 @@ def make_segment(seed: int, index: int, street: Street, ego: Ego, speeds: dict[i
                 lit = [(230, 40, 30), (240, 190, 40), (40, 220, 90)][int(rng.integers(3))]
                 light = Panel("light", 0.2, 3.2, (35.0, 35.0, 38.0), lit, facing)
                 seg.poles.append(Pole(edge + side * 0.6, zl, 3.75, 0.12, 0.0, (light,)))
-        for _ in range(int(rng.poisson(1.5))):
+        for _ in range(int(rng.poisson(PEOPLE_PER_CROSSING))):
             z = float(
                 rng.choice([crossing.z0, crossing.z1 - crossing.walk]) + rng.uniform(0.5, crossing.walk - 0.5)
             )

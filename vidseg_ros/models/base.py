@@ -41,7 +41,9 @@ class VideoSegModel(nn.Module):
         """Full computation on a frame with no usable history; returns logits and fresh state."""
         raise NotImplementedError
 
-    def nonkey_step(self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State) -> tuple[Tensor, State]:
+    def nonkey_step(
+        self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
+    ) -> tuple[Tensor, State]:
         """Computation that reuses ``state`` of frame t-1 warped by ``flow``; returns logits and new state."""
         raise NotImplementedError
 
