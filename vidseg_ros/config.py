@@ -78,6 +78,14 @@ PARAMS: tuple[ParamSpec, ...] = (
         read_only=True,
     ),
     ParamSpec(
+        "model.threads",
+        0,
+        "CPU threads for PyTorch; 0 = half the cores (at least 1), leaving the rest to DDS and other nodes.",
+        min=0,
+        max=256,
+        read_only=True,
+    ),
+    ParamSpec(
         "model.width",
         0,
         "Inference width in pixels; 0 = the checkpoint's training size.",

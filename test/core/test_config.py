@@ -2,6 +2,7 @@ import pytest
 import yaml
 
 from vidseg_ros.config import PARAMS, SPECS, NodeConfig
+from vidseg_ros.runtime.segmenter import cpu_threads
 
 
 def test_defaults_pass_their_own_checks():
@@ -41,3 +42,10 @@ def test_readme_documents_every_parameter():
         readme = f.read()
     missing = [p.name for p in PARAMS if f"`{p.name}`" not in readme]
     assert not missing
+
+
+def test_model_threads_default_leaves_half_the_cores_to_the_rest():
+    assert NodeConfig.defaults()["model.threads"] == 0
+    assert [cpu_threads(0, cores) for cores in (1, 2, 3, 8)] == [1, 1, 1, 4]
+    assert cpu_threads(3, 8) == 3 and cpu_threads(0) >= 1
+    assert "model.threads must be >= 0" in str(SPECS["model.threads"].check(-1))

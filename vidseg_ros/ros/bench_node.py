@@ -87,6 +87,7 @@ def node_latency(
     import tempfile
     import threading
 
+    import torch
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -160,14 +161,13 @@ def node_latency(
             "qos.reliability": "reliable",
             "publish.color": "false",
             "publish.overlay": "false",
+            # The same thread count as the bare Stream.step it is compared with.
+            "model.threads": torch.get_num_threads(),
         }
         cmd = [exe, "--ros-args", "-r", f"__ns:={ns}"]
         for key, value in params.items():
             cmd += ["-p", f"{key}:={value}"]
-        env = dict(os.environ)
-        if args.threads:
-            env["OMP_NUM_THREADS"] = str(args.threads)
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
         def stop() -> None:
             if proc.poll() is None:

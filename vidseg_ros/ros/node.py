@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterException
@@ -32,7 +33,7 @@ from vidseg_ros.ros.convert import image_to_rgb, make_image
 from vidseg_ros.ros.params import declare_all, read_all
 from vidseg_ros.runtime.backends import BackendUnavailable, select_backend
 from vidseg_ros.runtime.checkpoint import CheckpointError, file_hash, load_checkpoint, resolve_checkpoint
-from vidseg_ros.runtime.segmenter import Segmenter, backend_request
+from vidseg_ros.runtime.segmenter import Segmenter, backend_request, cpu_threads
 from vidseg_ros.runtime.stats import OK, WARN, NodeStats
 from vidseg_ros.runtime.steps import default_flow_hw
 from vidseg_ros.runtime.stream import Stream
@@ -86,6 +87,8 @@ class SegNode(LifecycleNode):
     # ---------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         cfg = self.config
+        threads = cpu_threads(cfg["model.threads"])
+        torch.set_num_threads(threads)
         try:
             path = resolve_checkpoint(cfg["model.checkpoint"])
             model, meta = load_checkpoint(path)
@@ -129,7 +132,7 @@ class SegNode(LifecycleNode):
         self._pubs["classes"].publish(String(data=json.dumps({"classes": classes, "model": meta.name})))
         self.get_logger().info(
             f"loaded {meta.name} from {path}: backend {backend.name} ({backend.precision}) on {backend.device} "
-            f"because {reason}; input {w}x{h}, key interval {self.segmenter.key_interval}"
+            f"because {reason}; input {w}x{h}, key interval {self.segmenter.key_interval}, {threads} CPU thread(s)"
         )
         return TransitionCallbackReturn.SUCCESS
 
