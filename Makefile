@@ -40,7 +40,7 @@ bench: setup
 clean:
 	rm -rf $(VENV) build install log demo_out .pytest_cache
 
-# ---- Reproduce the shipped checkpoints and the README's results table (CPU, about 45 min on 2 cores) ----
+# ---- Reproduce the shipped checkpoints and the README's results table (CPU, about 50 min on 2 cores) ----
 BAGS       := out/bags
 CKPT       := out/ckpt
 TRAIN_BAGS := $(foreach s,1 2 3 4 5 6 7 8,--bag $(BAGS)/train_s$(s))
