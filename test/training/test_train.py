@@ -125,6 +125,10 @@ def test_resume_matches_an_uninterrupted_run(bag, tmp_path):
     assert train(*args, "--out", tmp_path / "split.pt", "--resume") == 0
     assert (tmp_path / "split.pt").read_bytes() == before
     assert train(*args, "--out", tmp_path / "split.pt", "--resume", "--lr", "0.5") == 2
+    # A state written by an older version (optimiser groups without lr_mult) is refused, not half-loaded.
+    old = {**half, "format": "vidseg-train-state/1"}
+    torch.save(old, tmp_path / "old.pt.state")
+    assert train(*args, "--out", tmp_path / "old.pt", "--resume") == 2
 
 
 def test_netwarp_fine_tunes_from_perframe(bag, perframe, tmp_path):

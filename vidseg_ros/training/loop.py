@@ -31,7 +31,8 @@ from vidseg_ros.training.data import (
 from vidseg_ros.training.losses import class_weights
 from vidseg_ros.training.objectives import StageObjective, build_stage_model, trainable_summary
 
-STATE_FORMAT = "vidseg-train-state/1"
+#: Version 2: optimiser groups carry ``lr_mult`` (fresh modules), which version-1 states lack.
+STATE_FORMAT = "vidseg-train-state/2"
 #: TWNet stage 2 caches the frozen key CNN's features of all frames when they fit in this much memory.
 KEY_FEATURE_CACHE_BYTES = 2 * 2**30
 
@@ -98,7 +99,7 @@ def load_state(
     """Restores model and optimiser; returns ``(step, wall seconds so far)``."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ResumeError(f"{path} is not a vidseg training state")
+        raise ResumeError(f"{path} is not a {STATE_FORMAT} training state (an older version cannot resume)")
     mine, theirs = cfg.identity(), state["identity"]
     changed = sorted(k for k in mine if mine[k] != theirs.get(k))
     if changed:
