@@ -9,7 +9,7 @@ from tiny_models import NUM_CLASSES, TINY
 from torch.utils.flop_counter import FlopCounterMode
 
 from vidseg_ros.models.perframe import PerFrameModel
-from vidseg_ros.models.twnet import TWNetModel
+from vidseg_ros.models.twnet import DEFAULT_WARP_LAYER, TWNetModel
 
 STATE_SHAPES = {1: ("p4", (2, 16, 4, 6)), 2: ("p3", (2, 16, 8, 12)), 3: ("p2", (2, 16, 16, 24))}
 
@@ -70,7 +70,7 @@ def test_untrained_correction_equals_warp_only(warp_layer: int, frames: tuple[to
 def test_stage2_training_step(frames: tuple[torch.Tensor, ...]) -> None:
     image, prev, flow = frames
     model = TWNetModel.from_image_model(_image_model("mobilenetv2"), warp_layer=1)
-    assert TWNetModel(num_classes=3).warp_layer == 2
+    assert TWNetModel(num_classes=3).warp_layer == DEFAULT_WARP_LAYER == 3
     model.freeze_key_cnn()
     model.train()
     assert not model.key_cnn.training and model.nkfc.training

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vidseg_ros.models.netwarp import DEFAULT_LAYERS
-from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL
+from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL, DEFAULT_WARP_LAYER
 
 METHODS: tuple[str, ...] = ("perframe", "netwarp", "twnet")
 
@@ -47,7 +47,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     key_interval: int = DEFAULT_KEY_INTERVAL
-    warp_layer: int = 1
+    warp_layer: int = DEFAULT_WARP_LAYER
     correction: bool = True
     netwarp_layers: tuple[str, ...] = DEFAULT_LAYERS
     lam: float = 10.0
