@@ -22,7 +22,8 @@ STEP = 100_000_000  # 10 Hz stamps
 def running(tiny_checkpoint):
     """One node (tiny per-frame model) shared by the tests that do not need their own."""
     topic = "/vt/image"
-    node = NodeProcess(topic, {"model.checkpoint": tiny_checkpoint("perframe"), "model.device": "cpu"})
+    params = {"model.checkpoint": tiny_checkpoint("perframe"), "model.device": "cpu", "model.threads": 2}
+    node = NodeProcess(topic, params)
     harness = Harness(topic, outputs=("mask", "color", "overlay", "timing"))
     try:
         harness.wait_for_node(node)
@@ -40,6 +41,12 @@ def _send_and_wait(harness: Harness, msgs, expect: int, timeout: float = 20.0) -
     harness.wait_for(lambda: len(harness.messages("mask")) >= expect, timeout)
     time.sleep(0.3)
     return harness.messages("mask")
+
+
+def test_start_up_line_names_the_model_backend_and_threads(running):
+    node, _ = running
+    line = next((ln for ln in node.output.splitlines() if "loaded " in ln), "")
+    assert "backend cpu" in line and "2 CPU thread(s)" in line, node.output
 
 
 def test_masks_keep_header_and_size_for_every_encoding(running):
