@@ -42,6 +42,7 @@ from .synth_world import (
     CROSS_FAR,
     SEG_LEN,
     Car,
+    Mover,
     Person,
     Pole,
     Segment,
@@ -312,7 +313,7 @@ class StreetScene:
             seg = self.segment(i)
             statics = (seg.trees + seg.poles) if lo <= i <= hi else []
             for obj in [*statics, *seg.cars, *seg.people]:
-                x, z = obj.at(tau) if isinstance(obj, (Car, Person)) else (obj.x, obj.z)
+                x, z = obj.at(tau) if isinstance(obj, Mover) else (obj.x, obj.z)
                 anchor = np.array([x, 1.0, z])
                 if not cam.in_view(anchor, 6.0, FAR):
                     continue

@@ -129,8 +129,8 @@ class Pole:
 
 
 @dataclass(frozen=True)
-class Car:
-    """A car moving from ``(x0, z0)`` along the unit heading ``(dx, dz)`` at ``speed`` m/s (0 = parked)."""
+class Mover:
+    """Something moving from ``(x0, z0)`` along the unit heading ``(dx, dz)`` at ``speed`` m/s (0 = still)."""
 
     uid: int
     x0: float
@@ -138,6 +138,15 @@ class Car:
     dx: float
     dz: float
     speed: float
+
+    def at(self, tau: float) -> tuple[float, float]:
+        return self.x0 + self.dx * self.speed * tau, self.z0 + self.dz * self.speed * tau
+
+
+@dataclass(frozen=True)
+class Car(Mover):
+    """A rigid box car (``speed`` 0 = parked)."""
+
     length: float
     width: float
     height: float
@@ -145,20 +154,11 @@ class Car:
     wheel_r: float
     paint: tuple[float, float, float]
 
-    def at(self, tau: float) -> tuple[float, float]:
-        return self.x0 + self.dx * self.speed * tau, self.z0 + self.dz * self.speed * tau
-
 
 @dataclass(frozen=True)
-class Person:
-    """A pedestrian walking from ``(x0, z0)`` along ``(dx, dz)`` at ``speed`` m/s (0 = standing)."""
+class Person(Mover):
+    """An articulated pedestrian (``speed`` 0 = standing)."""
 
-    uid: int
-    x0: float
-    z0: float
-    dx: float
-    dz: float
-    speed: float
     height: float
     shirt: tuple[float, float, float]
     pants: tuple[float, float, float]
@@ -166,9 +166,6 @@ class Person:
     hair: tuple[float, float, float]
     phase0: float
     sleeves: bool
-
-    def at(self, tau: float) -> tuple[float, float]:
-        return self.x0 + self.dx * self.speed * tau, self.z0 + self.dz * self.speed * tau
 
 
 @dataclass(frozen=True)
