@@ -11,11 +11,12 @@ import pytest
 from vidseg_ros.cli import main
 from vidseg_ros.data.bags import read_frames, write_synth_bag
 from vidseg_ros.data.synth import SynthConfig
+from vidseg_ros.metrics import confusion, mean_iou
 from vidseg_ros.runtime.checkpoint import load_checkpoint, save_checkpoint
 from vidseg_ros.runtime.segmenter import Segmenter
 from vidseg_ros.runtime.stream import Stream
 from vidseg_ros.training.config import TrainConfig
-from vidseg_ros.training.evaluate import evaluate_checkpoint, evaluate_checkpoints
+from vidseg_ros.training.evaluate import evaluate_checkpoint, evaluate_checkpoints, propagate_labels
 from vidseg_ros.training.objectives import build_stage_model
 
 FRAMES = 10
@@ -62,7 +63,7 @@ def test_eval_reports_json_table_and_plot(setup, capsys):
     argv = [
         "eval", "--checkpoint", str(setup["perframe"]), "--checkpoint", str(setup["twnet"]),
         "--bag", str(setup["bag0"]), "--bag", str(setup["bag1"]), "--key-interval", "4", "--key-distance",
-        "--json", str(out / "eval.json"), "--plot", str(out / "eval.png"), "--threads", "1", "--no-progress",
+        "--label-propagation", "--json", str(out / "eval.json"), "--plot", str(out / "eval.png"), "--threads", "1", "--no-progress",
     ]  # fmt: skip
     assert main(argv) == 0
     table = capsys.readouterr().out
@@ -93,6 +94,26 @@ def test_eval_reports_json_table_and_plot(setup, capsys):
     assert list(twnet["key_distance"]) == ["0", "1", "2", "3"]
     assert twnet["key_distance"]["0"]["frames"] == 6 and twnet["key_distance"]["3"]["frames"] == 4
     assert (out / "eval.png").stat().st_size > 10_000
+    carried = report["label_propagation"]
+    assert carried["key_interval"] == 4 and carried["input_size"] == [96, 64]
+    assert list(carried["key_distance"]) == ["1", "2", "3"] and carried["key_distance"]["3"]["frames"] == 4
+    assert "| class (labels carried by the flow) | d=1 | d=2 | d=3 |" in table
+
+
+def test_labels_carried_by_the_flow_beat_labels_left_in_place(tmp_path):
+    """On a moving scene, warping along the node's flow must keep more of the labels than not moving them
+    (a wrong flow sign or scale would do worse), and the carried labels must decay with the distance."""
+    bag = tmp_path / "bag"
+    write_synth_bag(bag, SynthConfig(seed=5, frames=8, width=320, height=240, speed=3.0), progress=False)
+    classes = [f"c{i}" for i in range(9)]
+    carried = propagate_labels([bag], input_size=(320, 240), classes=classes, key_interval=8, progress=False)
+    curve = carried["key_distance"]
+    assert list(curve) == [str(d) for d in range(1, 8)]
+    labels = [f.labels for f in read_frames(bag)]
+    for d in (1, 4, 7):
+        still = mean_iou(confusion(labels[0], labels[d], len(classes)))
+        assert curve[str(d)]["miou"] > still + 0.02, (d, curve[str(d)]["miou"], still)
+    assert curve["1"]["miou"] > curve["7"]["miou"]
 
 
 def test_interleaved_checkpoints_score_as_they_do_alone(setup):

@@ -77,6 +77,11 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def flow_image(small: np.ndarray, flow_size: tuple[int, int]) -> np.ndarray:
+    """The grey image DIS sees: an inference-size RGB frame shrunk to ``flow_size`` (w, h)."""
+    return cv2.cvtColor(resize_image(small, flow_size), cv2.COLOR_RGB2GRAY)
+
+
 class Segmenter:
     """Runs the key and non-key steps of a model on numpy RGB frames."""
 
@@ -124,7 +129,7 @@ class Segmenter:
         image = (x - self._mean) / self._std
         gray = None
         if self.flow is not None:
-            gray = cv2.cvtColor(resize_image(small, self.flow_size), cv2.COLOR_RGB2GRAY)
+            gray = flow_image(small, self.flow_size)
         return FrameTensors(image=image, gray=gray)
 
     def motion(self, current: FrameTensors, previous: FrameTensors) -> torch.Tensor:

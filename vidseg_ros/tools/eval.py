@@ -9,7 +9,9 @@ Each checkpoint runs over each bag frame by frame through ``runtime.Stream`` (as
 checkpoints are interleaved frame by frame, so their times compare within the run. The JSON holds, per
 checkpoint: ``miou``, ``tc``, ``trimap_iou``, ``per_class_iou``, ``ms_per_frame``, ``ms_key``,
 ``ms_nonkey``, ``ms_p95``, ``stage_ms``, ``per_bag`` and, with ``--key-distance``, ``key_distance``
-(``{"0": {"miou", "per_class_iou", "frames"}, "1": ...}``). A markdown table goes to stdout.
+(``{"0": {"miou", "per_class_iou", "frames"}, "1": ...}``). ``--label-propagation`` adds a top-level
+``label_propagation`` (the same per-distance layout, for ground truth carried by the flow alone). Markdown
+tables go to stdout.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-interval", type=int, help="override TWNet's key interval (like twnet.key_interval)")
     p.add_argument(
         "--key-distance", action="store_true", help="also report mIoU per distance from the key frame"
+    )
+    p.add_argument(
+        "--label-propagation",
+        action="store_true",
+        help="also warp each key frame's labels along the flow alone (no model) and report per-class IoU per "
+        "distance: which classes the motion itself fails on",
     )
     p.add_argument(
         "--size", type=parse_size, metavar="WxH", help="inference size (default: the checkpoint's)"
@@ -78,6 +86,23 @@ def class_table(results: Sequence[dict[str, Any]]) -> str:
     ]
     for cls in results[0]["per_class_iou"]:
         cells = " | ".join(_pct(r["per_class_iou"].get(cls)) for r in results)
+        lines.append(f"| {cls} | {cells} |")
+    return "\n".join(lines)
+
+
+def propagation_table(propagation: dict[str, Any]) -> str:
+    """Per-class IoU (%) of labels carried by the flow alone, at a few distances from the key frame."""
+    curve = propagation["key_distance"]
+    if not curve:
+        return "(no non-key frames to carry labels to)"
+    measured = sorted(curve, key=int)
+    distances = list(dict.fromkeys([measured[0], measured[len(measured) // 2], measured[-1]]))
+    lines = [
+        "| class (labels carried by the flow) | " + " | ".join(f"d={d}" for d in distances) + " |",
+        "|---|" + "---:|" * len(distances),
+    ]
+    for cls in curve[distances[0]]["per_class_iou"]:
+        cells = " | ".join(_pct(curve[d]["per_class_iou"][cls]) for d in distances)
         lines.append(f"| {cls} | {cells} |")
     return "\n".join(lines)
 
@@ -130,9 +155,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vidseg_ros.data.bags import BagError
+    from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL
     from vidseg_ros.runtime.checkpoint import CheckpointError
     from vidseg_ros.runtime.segmenter import pick_device
-    from vidseg_ros.training.evaluate import evaluate_checkpoints
+    from vidseg_ros.training.evaluate import evaluate_checkpoints, propagate_labels
 
     if args.key_interval is not None and args.key_interval < 1:
         print(f"vidseg eval: error: --key-interval must be >= 1, got {args.key_interval}", file=sys.stderr)
@@ -150,6 +176,16 @@ def run(args: argparse.Namespace) -> int:
             flow_downscale=args.flow_downscale,
             progress=args.progress,
         )
+        propagation = None
+        if args.label_propagation:
+            propagation = propagate_labels(
+                args.bags,
+                input_size=tuple(results[0]["input_size"]),
+                classes=list(results[0]["per_class_iou"]),
+                key_interval=args.key_interval or DEFAULT_KEY_INTERVAL,
+                flow_downscale=args.flow_downscale,
+                progress=args.progress,
+            )
     except (CheckpointError, BagError, RuntimeError, ValueError) as e:
         print(f"vidseg eval: error: {e}", file=sys.stderr)
         return 2
@@ -161,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
         "results": results,
     }
+    if propagation is not None:
+        report["label_propagation"] = propagation
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
@@ -168,4 +206,7 @@ def run(args: argparse.Namespace) -> int:
     print(markdown_table(results))
     print()
     print(class_table(results))
+    if propagation is not None:
+        print()
+        print(propagation_table(propagation))
     return 0

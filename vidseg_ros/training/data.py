@@ -50,7 +50,8 @@ class FrameSequence:
         return int(self.images.shape[0])
 
 
-def _resize_labels(labels: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
+def resize_labels(labels: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
+    """``labels`` at ``size`` (w, h) by centred nearest neighbour; all-ignore when there are none."""
     w, h = size
     if labels is None:
         return np.full((h, w), IGNORE_INDEX, np.uint8)
@@ -73,7 +74,7 @@ def load_sequence(path: str | os.PathLike[str], segmenter: Segmenter, *, with_fl
         for frame in read_frames(path):
             prepared = segmenter.prepare(frame.image)
             images.append(prepared.image[0].cpu())
-            labels.append(_resize_labels(frame.labels, segmenter.input_size))
+            labels.append(resize_labels(frame.labels, segmenter.input_size))
             labelled += frame.labels is not None
             if with_flow:
                 if previous is None:

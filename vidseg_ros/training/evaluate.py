@@ -16,13 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from vidseg_ros.metrics import SequenceMetrics, confusion, iou_per_class, mean_iou
+from vidseg_ros.metrics import SequenceMetrics, confusion, iou_per_class, mean_iou, warp_labels
+from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL
 from vidseg_ros.runtime.checkpoint import load_checkpoint, resolve_checkpoint
-from vidseg_ros.runtime.segmenter import Segmenter
+from vidseg_ros.runtime.segmenter import Segmenter, flow_image, resize_image
 from vidseg_ros.runtime.stream import Stream
 
 PathLike = str | os.PathLike[str]
@@ -212,6 +214,68 @@ def evaluate_checkpoints(
 def evaluate_checkpoint(checkpoint: PathLike, bags: Sequence[PathLike], **options: Any) -> dict[str, Any]:
     """:func:`evaluate_checkpoints` for one checkpoint."""
     return evaluate_checkpoints([checkpoint], bags, **options)[0]
+
+
+def propagate_labels(
+    bags: Sequence[PathLike],
+    *,
+    input_size: tuple[int, int],
+    classes: Sequence[str],
+    key_interval: int = DEFAULT_KEY_INTERVAL,
+    flow_downscale: int = 2,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """How well the motion alone carries the ground truth, per class: no model involved.
+
+    Every ``key_interval`` frames the bag's labels are taken as they are; on the frames between, the labels
+    carried so far are warped along the node's DIS reverse flow (the same resize, flow size and preset as
+    :class:`Segmenter`; nearest neighbour, border clamp) and scored against the frame's own labels at
+    ``input_size`` (w, h). Per-class IoU against the distance from the key frame shows which classes the flow
+    itself fails on, which is what the correction of a warping model has to make up for.
+    """
+    from vidseg_ros.data.bags import read_frames
+    from vidseg_ros.motion.flow import DISFlow
+    from vidseg_ros.training.data import resize_labels
+
+    w, h = input_size
+    flow_size = (max(1, w // flow_downscale), max(1, h // flow_downscale))
+    scale = np.array([w / flow_size[0], h / flow_size[1]], np.float32)
+    n = len(classes)
+    by_distance: dict[int, np.ndarray] = {}
+    frames: dict[int, int] = {}
+    for bag in bags:
+        dis = DISFlow(downscale=1.0)
+        gray = carried = None
+        for i, frame in enumerate(
+            tqdm(read_frames(bag), desc=f"propagate {Path(bag).name}", disable=not progress)
+        ):
+            previous, gray = gray, flow_image(resize_image(frame.image, input_size), flow_size)
+            labels = resize_labels(frame.labels, input_size)
+            distance = i % key_interval
+            if distance == 0 or carried is None or previous is None:
+                carried = labels
+                continue
+            flow = cv2.resize(dis(gray, previous).transpose(1, 2, 0), (w, h), interpolation=cv2.INTER_LINEAR)
+            carried = warp_labels(carried, flow * scale)
+            if frame.labels is not None:
+                by_distance.setdefault(distance, np.zeros((n, n), np.int64))
+                by_distance[distance] += confusion(carried, labels, n)
+                frames[distance] = frames.get(distance, 0) + 1
+    return json_safe(
+        {
+            "input_size": [w, h],
+            "key_interval": key_interval,
+            "flow_downscale": flow_downscale,
+            "key_distance": {
+                str(d): {
+                    "miou": mean_iou(cm),
+                    "per_class_iou": dict(zip(classes, iou_per_class(cm).tolist(), strict=True)),
+                    "frames": frames[d],
+                }
+                for d, cm in sorted(by_distance.items())
+            },
+        }
+    )
 
 
 def _scores(summary: dict[str, Any]) -> dict[str, Any]:
