@@ -64,5 +64,5 @@ train: bags
 
 # The README's results table, from the shipped checkpoints on the held-out bags (seeds 101-103).
 results: bags
-	$(VENV)/bin/vidseg eval $(TEST_BAGS) --key-distance --threads 1 --json out/results.json --plot out/results.png \
+	$(VENV)/bin/vidseg eval $(TEST_BAGS) --key-distance --label-propagation --threads 1 --json out/results.json --plot out/results.png \
 	  $(foreach m,perframe netwarp twnet twnet_warponly,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt)
