@@ -49,8 +49,9 @@ WARP_POINTS: dict[int, str] = {1: "p4", 2: "p3", 3: "p2"}
 SPATIAL_LEVEL: dict[int, str] = {1: "c3", 2: "c2", 3: "c1"}
 DEFAULT_KEY_INTERVAL = 12
 #: Layer 3 is the one that keeps the measured average cost at key interval 12 under 0.6x per-frame on a CPU
-#: (0.55x with MobileNetV2 x0.5; Layer 2 measured 0.71x and Layer 1 0.83x, because the stride-2 and
-#: stride-4 stages they recompute are memory-bound). Layer 1 is the paper's more accurate setting.
+#: (model step 0.54x, whole pipeline 0.60x with MobileNetV2 x0.5 at 320x240; Layer 2's pipeline measured
+#: 0.82x, because the stride-2 and stride-4 stages it recomputes take 58% of the per-frame time and are
+#: memory-bound). Layer 1 is the paper's more accurate setting.
 DEFAULT_WARP_LAYER = 3
 
 
