@@ -20,6 +20,7 @@ import torch
 from vidseg_ros.models.base import State, VideoSegModel
 from vidseg_ros.runtime.backends import Backend, EagerBackend
 from vidseg_ros.runtime.checkpoint import ModelMeta
+from vidseg_ros.runtime.steps import default_flow_hw
 
 
 def pick_device(requested: str) -> torch.device:
@@ -108,10 +109,7 @@ class Segmenter:
         self._mean = torch.tensor(meta.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(meta.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self.flow = None
-        self.flow_size = (
-            max(1, self.input_size[0] // flow_downscale),
-            max(1, self.input_size[1] // flow_downscale),
-        )
+        self.flow_size = default_flow_hw(self.input_size[::-1], flow_downscale)[::-1]  # (w, h), as input_size
         if model.uses_motion:
             from vidseg_ros.motion.flow import DISFlow
 

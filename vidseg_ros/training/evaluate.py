@@ -25,6 +25,7 @@ from vidseg_ros.metrics import SequenceMetrics, confusion, iou_per_class, mean_i
 from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL
 from vidseg_ros.runtime.checkpoint import load_checkpoint, resolve_checkpoint
 from vidseg_ros.runtime.segmenter import Segmenter, flow_image, resize_image
+from vidseg_ros.runtime.steps import default_flow_hw
 from vidseg_ros.runtime.stream import Stream
 
 PathLike = str | os.PathLike[str]
@@ -63,6 +64,20 @@ def _warm_up(segmenter: Segmenter, bag: PathLike) -> None:
         stream.step(frame.image, frame.stamp_ns, frame_id=frame.frame_id)
         if i >= 1:
             break
+
+
+def _distance_curve(
+    confusions: dict[int, np.ndarray], frames: dict[int, int], classes: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """``{"d": {"miou", "per_class_iou", "frames"}}`` from one confusion matrix per key distance ``d``."""
+    return {
+        str(d): {
+            "miou": mean_iou(cm),
+            "per_class_iou": dict(zip(classes, iou_per_class(cm).tolist(), strict=True)),
+            "frames": frames[d],
+        }
+        for d, cm in sorted(confusions.items())
+    }
 
 
 class _Run:
@@ -152,14 +167,7 @@ class _Run:
             "per_bag": self.per_bag,
         }
         if self.key_distance:
-            result["key_distance"] = {
-                str(d): {
-                    "miou": mean_iou(cm),
-                    "per_class_iou": dict(zip(self.classes, iou_per_class(cm).tolist(), strict=True)),
-                    "frames": self.distance_frames[d],
-                }
-                for d, cm in sorted(self.by_distance.items())
-            }
+            result["key_distance"] = _distance_curve(self.by_distance, self.distance_frames, self.classes)
         return json_safe(result)
 
 
@@ -238,7 +246,7 @@ def propagate_labels(
     from vidseg_ros.training.data import resize_labels
 
     w, h = input_size
-    flow_size = (max(1, w // flow_downscale), max(1, h // flow_downscale))
+    flow_size = default_flow_hw((h, w), flow_downscale)[::-1]
     scale = np.array([w / flow_size[0], h / flow_size[1]], np.float32)
     n = len(classes)
     by_distance: dict[int, np.ndarray] = {}
@@ -266,14 +274,7 @@ def propagate_labels(
             "input_size": [w, h],
             "key_interval": key_interval,
             "flow_downscale": flow_downscale,
-            "key_distance": {
-                str(d): {
-                    "miou": mean_iou(cm),
-                    "per_class_iou": dict(zip(classes, iou_per_class(cm).tolist(), strict=True)),
-                    "frames": frames[d],
-                }
-                for d, cm in sorted(by_distance.items())
-            },
+            "key_distance": _distance_curve(by_distance, frames, classes),
         }
     )
 
