@@ -78,10 +78,10 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def class_table(results: Sequence[dict[str, Any]]) -> str:
-    """Per-class IoU (%), one column per checkpoint: ``| class | name1 | name2 | ... |``."""
+def class_table(results: Sequence[dict[str, Any]], label: str = "class") -> str:
+    """Per-class IoU (%), one column per result: ``| class | name1 | name2 | ... |``."""
     lines = [
-        "| class | " + " | ".join(r["name"] for r in results) + " |",
+        f"| {label} | " + " | ".join(r["name"] for r in results) + " |",
         "|---|" + "---:|" * len(results),
     ]
     for cls in results[0]["per_class_iou"]:
@@ -96,15 +96,9 @@ def propagation_table(propagation: dict[str, Any]) -> str:
     if not curve:
         return "(no non-key frames to carry labels to)"
     measured = sorted(curve, key=int)
-    distances = list(dict.fromkeys([measured[0], measured[len(measured) // 2], measured[-1]]))
-    lines = [
-        "| class (labels carried by the flow) | " + " | ".join(f"d={d}" for d in distances) + " |",
-        "|---|" + "---:|" * len(distances),
-    ]
-    for cls in curve[distances[0]]["per_class_iou"]:
-        cells = " | ".join(_pct(curve[d]["per_class_iou"][cls]) for d in distances)
-        lines.append(f"| {cls} | {cells} |")
-    return "\n".join(lines)
+    distances = dict.fromkeys([measured[0], measured[len(measured) // 2], measured[-1]])
+    columns = [{"name": f"d={d}", "per_class_iou": curve[d]["per_class_iou"]} for d in distances]
+    return class_table(columns, label="class (labels carried by the flow)")
 
 
 def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
