@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.setup-stamp
 ROS_WHEELS := "ros-jazzy-rclpy[fastrtps]" ros-jazzy-sensor-msgs ros-jazzy-diagnostic-msgs ros-jazzy-std-msgs
 # torch==2.13.0 resolves to the CPU wheel here; a plain `torch` would pull gigabytes of CUDA packages.
 PY_DEPS    := torch==2.13.0 opencv-python-headless numpy pyyaml rosbags mcap-ros2-support tqdm imageio \
-              matplotlib onnx onnxruntime pytest ruff
+              matplotlib onnx onnxruntime pillow pytest ruff \
+              cityscapesscripts
 
 .PHONY: setup test lint demo bench clean
 

@@ -75,6 +75,9 @@ class SequenceMetrics:
     num_classes: int
     trimap_width: int = 2
     temporal: bool = True
+    #: TC's flow runs on frames at most this wide (Cityscapes' 2048x1024 would cost ~0.3 s a frame); masks are
+    #: shrunk to the same size by nearest neighbour.
+    tc_max_width: int = 1024
     cm: np.ndarray = field(init=False)
     cm_trimap: np.ndarray = field(init=False)
     cm_tc: np.ndarray = field(init=False)
@@ -92,14 +95,20 @@ class SequenceMetrics:
     def reset_sequence(self) -> None:
         self._prev = None
 
-    def update(self, pred: np.ndarray, gt: np.ndarray, rgb: np.ndarray | None = None) -> None:
-        """Add one frame; ``rgb`` is needed for TC (flow between consecutive frames)."""
-        if pred.shape != gt.shape:
-            raise ValueError(f"prediction {pred.shape} and labels {gt.shape} differ in size")
-        self.frames += 1
-        self.cm += confusion(pred, gt, self.num_classes)
-        self.cm_trimap += confusion(pred, gt, self.num_classes, boundary_band(gt, self.trimap_width))
+    def update(self, pred: np.ndarray, gt: np.ndarray | None, rgb: np.ndarray | None = None) -> None:
+        """Add one frame; ``gt`` None for an unlabelled frame (TC only); ``rgb`` is needed for TC."""
+        if gt is not None:
+            if pred.shape != gt.shape:
+                raise ValueError(f"prediction {pred.shape} and labels {gt.shape} differ in size")
+            self.frames += 1
+            self.cm += confusion(pred, gt, self.num_classes)
+            self.cm_trimap += confusion(pred, gt, self.num_classes, boundary_band(gt, self.trimap_width))
         if self.temporal and rgb is not None:
+            h, w = rgb.shape[:2]
+            if w > self.tc_max_width:
+                size = (self.tc_max_width, max(1, round(h * self.tc_max_width / w)))
+                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+                pred = cv2.resize(pred, size, interpolation=cv2.INTER_NEAREST_EXACT)
             gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
             if self._prev is not None:
                 prev_pred, prev_gray = self._prev

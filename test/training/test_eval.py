@@ -22,7 +22,7 @@ from vidseg_ros.training.objectives import build_stage_model
 FRAMES = 10
 RESULT_KEYS = {
     "checkpoint", "method", "input_size", "key_interval", "frames", "miou", "tc", "trimap_iou", "per_class_iou",
-    "ms_per_frame", "ms_key", "ms_nonkey", "stage_ms", "per_bag", "key_frames", "nonkey_frames",
+    "ms_per_frame", "ms_key", "ms_nonkey", "stage_ms", "per_sequence", "key_frames", "nonkey_frames",
 }  # fmt: skip
 
 
@@ -77,11 +77,11 @@ def test_eval_reports_json_table_and_plot(setup, capsys):
         assert any(
             line.startswith(f"| {cls} |") and line.endswith(f" | {cell} |") for line in table.splitlines()
         )
-    assert report["bags"] == [str(setup["bag0"]), str(setup["bag1"])]
+    assert report["data"]["bags"] == [str(setup["bag0"]), str(setup["bag1"])]
     perframe, twnet = report["results"]
     for r in (perframe, twnet):
         assert RESULT_KEYS <= r.keys()
-        assert r["frames"] == 2 * FRAMES and len(r["per_bag"]) == 2
+        assert r["frames"] == 2 * FRAMES and len(r["per_sequence"]) == 2
         assert 0.0 <= r["miou"] <= 1.0 and 0.0 <= r["tc"] <= 1.0 and 0.0 <= r["trimap_iou"] <= 1.0
         assert set(r["per_class_iou"]) == set(load_checkpoint(setup["perframe"])[1].classes)
         assert r["ms_per_frame"] > 0 and r["ms_key"] > 0
@@ -122,7 +122,7 @@ def test_interleaved_checkpoints_score_as_they_do_alone(setup):
     together = evaluate_checkpoints([setup["twnet"], setup["perframe"]], bags, key_interval=3, progress=False)
     for name, result in zip(("twnet", "perframe"), together, strict=True):
         alone = evaluate_checkpoint(setup[name], bags, key_interval=3, progress=False)
-        for key in ("miou", "tc", "trimap_iou", "per_class_iou", "key_frames", "per_bag"):
+        for key in ("miou", "tc", "trimap_iou", "per_class_iou", "key_frames", "per_sequence"):
             assert result[key] == alone[key], (name, key)
 
 

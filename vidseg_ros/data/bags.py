@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 #: Header stamp of the first synthetic frame (2023-11-14T22:13:20Z); a fixed epoch keeps bags reproducible.
 SYNTH_EPOCH_NS = 1_700_000_000 * 10**9
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+#: ``custom_data`` key of ``metadata.yaml`` that marks a bag rendered by ``vidseg synth``.
+SYNTHETIC_KEY = "vidseg.synthetic"
 _STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 # rmw's "infinite" duration, as ``ros2 bag record`` writes it into metadata.yaml.
 _INFINITE = QosTime(9223372036, 854775807)
@@ -206,6 +208,10 @@ class BagWriter:
         except WriterError as e:
             raise BagError(f"cannot write {msgtype} to {topic}: {e}") from e
 
+    def set_custom_data(self, key: str, value: str) -> None:
+        """Records ``key: value`` in the bag's ``metadata.yaml`` (``custom_data``, rosbag2 metadata 6+)."""
+        self._writer.set_custom_data(key, value)
+
     def write_image(self, topic: str, stamp_ns: int, frame_id: str, array: np.ndarray, encoding: str) -> None:
         """Writes a ``sensor_msgs/msg/Image`` whose header stamp and log time are both ``stamp_ns``.
 
@@ -350,6 +356,20 @@ def bag_info(path: str | Path) -> dict[str, Any]:
         raise BagError(f"cannot read bag {path}: {e}") from e
 
 
+def custom_data(path: str | Path) -> dict[str, str]:
+    """The ``custom_data`` of a rosbag2 directory's ``metadata.yaml`` (empty when it has none)."""
+    import yaml
+
+    meta = Path(path) / "metadata.yaml"
+    try:
+        doc = yaml.safe_load(meta.read_text())
+        info = doc["rosbag2_bagfile_information"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return {}
+    data = info.get("custom_data") if isinstance(info, dict) else None
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
 def write_synth_bag(
     path: str | Path,
     cfg: SynthConfig,
@@ -384,6 +404,7 @@ def write_synth_bag(
         BagWriter(path, storage) as bag,
         tqdm(total=cfg.frames, unit="frame", disable=not progress, desc="synth") as bar,
     ):
+        bag.set_custom_data(SYNTHETIC_KEY, f"vidseg synth seed {cfg.seed}")
         for rgb, labels in frames:
             stamp = SYNTH_EPOCH_NS + round(count * 1e9 / cfg.fps)
             bag.write_image(image_topic, stamp, frame_id, rgb, "rgb8")
@@ -398,9 +419,11 @@ __all__ = [
     "BagFrame",
     "BagWriter",
     "DEFAULT_QOS",
+    "SYNTHETIC_KEY",
     "SYNTH_EPOCH_NS",
     "bag_info",
     "build_message",
+    "custom_data",
     "read_frames",
     "read_messages",
     "stamp_to_ns",

@@ -1,14 +1,16 @@
-"""``vidseg eval``: run checkpoints online over labelled bags and compare them.
+"""``vidseg eval``: run checkpoints online over a dataset split or labelled bags and compare them.
 
-Example::
+Examples::
 
+    vidseg eval --dataset cityscapes --data-root ROOT --split val --checkpoint pf.pt --checkpoint nw.pt --json out.json
     vidseg eval --checkpoint perframe.pt --checkpoint twnet.pt --bag bags/test \\
         --json eval.json --plot eval.png --key-distance
 
-Each checkpoint runs over each bag frame by frame through ``runtime.Stream`` (as the node does); the
+Each checkpoint runs over each sequence (a bag, a Cityscapes snippet, a video) frame by frame through ``runtime.Stream`` (as the node does); the
 checkpoints are interleaved frame by frame, so their times compare within the run. The JSON holds, per
-checkpoint: ``miou``, ``tc``, ``trimap_iou``, ``per_class_iou``, ``ms_per_frame``, ``ms_key``,
-``ms_nonkey``, ``ms_p95``, ``stage_ms``, ``per_bag`` and, with ``--key-distance``, ``key_distance``
+checkpoint: ``miou``, ``tc``, ``trimap_iou``, ``per_class_iou`` (name -> IoU, null for a class with neither
+ground truth nor prediction, left out of the mean), ``labelled_frames``, ``ms_per_frame``, ``ms_key``,
+``ms_nonkey``, ``ms_p95``, ``stage_ms``, ``per_sequence`` and, with ``--key-distance``, ``key_distance``
 (``{"0": {"miou", "per_class_iou", "frames"}, "1": ...}``). ``--label-propagation`` adds a top-level
 ``label_propagation`` (the same per-distance layout, for ground truth carried by the flow alone). Markdown
 tables go to stdout.
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vidseg_ros.tools.synth import parse_size
+from vidseg_ros.tools.train import add_data_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,9 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint", dest="checkpoints", action="append", required=True, help="checkpoint (repeatable)"
     )
-    p.add_argument(
-        "--bag", dest="bags", type=Path, action="append", required=True, help="labelled bag (repeatable)"
-    )
+    add_data_arguments(p, split="val")
     p.add_argument("--json", type=Path, required=True, help="write the results here")
     p.add_argument("--plot", type=Path, help="write a PNG comparison plot here")
     p.add_argument("--key-interval", type=int, help="override TWNet's key interval (like twnet.key_interval)")
@@ -145,24 +146,42 @@ def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluates every checkpoint on every bag; returns 0, or 2 for a bad checkpoint, bag or option."""
+    """Evaluates every checkpoint on the data; returns 0, or 2 for a bad checkpoint, dataset or option."""
     import torch
 
-    from vidseg_ros.data.bags import BagError
+    from vidseg_ros.classes import ClassTable, LabelError, load_classes_yaml
+    from vidseg_ros.data.datasets import open_dataset
+    from vidseg_ros.data.datasets.bag import BagDataset
     from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL
-    from vidseg_ros.runtime.checkpoint import CheckpointError
+    from vidseg_ros.runtime.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
     from vidseg_ros.runtime.segmenter import pick_device
     from vidseg_ros.training.evaluate import evaluate_checkpoints, propagate_labels
 
     if args.key_interval is not None and args.key_interval < 1:
         print(f"vidseg eval: error: --key-interval must be >= 1, got {args.key_interval}", file=sys.stderr)
         return 2
+    if bool(args.bags) == (args.dataset is not None) or (args.dataset and not args.data_root):
+        print(
+            "vidseg eval: error: give either --bag (repeatable) or --dataset with --data-root",
+            file=sys.stderr,
+        )
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.dataset:
+            data = open_dataset(args.dataset, args.data_root, args.split)
+        else:
+            # Bags' labels hold train ids of --classes, else of the first checkpoint.
+            if args.classes:
+                table = load_classes_yaml(args.classes)
+            else:
+                meta, _ = read_checkpoint(resolve_checkpoint(args.checkpoints[0]))
+                table = ClassTable.simple(meta.classes, meta.palette)
+            data = BagDataset(args.bags, table, image_topic=args.image_topic, label_topic=args.label_topic)
         results = evaluate_checkpoints(
             args.checkpoints,
-            args.bags,
+            data,
             device=pick_device(args.device),
             input_size=args.size,
             key_interval=args.key_interval,
@@ -173,18 +192,23 @@ def run(args: argparse.Namespace) -> int:
         propagation = None
         if args.label_propagation:
             propagation = propagate_labels(
-                args.bags,
+                data,
                 input_size=tuple(results[0]["input_size"]),
                 classes=list(results[0]["per_class_iou"]),
                 key_interval=args.key_interval or DEFAULT_KEY_INTERVAL,
                 flow_downscale=args.flow_downscale,
                 progress=args.progress,
             )
-    except (CheckpointError, BagError, RuntimeError, ValueError) as e:
+    except (CheckpointError, LabelError, RuntimeError, ValueError) as e:
         print(f"vidseg eval: error: {e}", file=sys.stderr)
         return 2
     report = {
-        "bags": [str(b) for b in args.bags],
+        "data": {
+            "dataset": args.dataset or "bag",
+            "root": str(args.data_root) if args.dataset else None,
+            "split": args.split if args.dataset else None,
+            "bags": [str(b) for b in args.bags or []],
+        },  # fmt: skip
         "size": list(args.size) if args.size else None,
         "key_interval": args.key_interval,
         "torch": str(torch.__version__),

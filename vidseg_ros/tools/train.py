@@ -1,9 +1,10 @@
-"""``vidseg train``: train per-frame, NetWarp or TWNet models on labelled bags.
+"""``vidseg train``: train per-frame, NetWarp or TWNet models on a dataset or on labelled bags.
 
 Stages::
 
+    vidseg train --dataset cityscapes --data-root ROOT --method perframe --steps N --size 512x256 --out pf.pt
+    vidseg train --dataset cityscapes --data-root ROOT --method netwarp --init pf.pt --steps N --out nw.pt
     vidseg train --method perframe --bag bags/a --bag bags/b --out perframe.pt --steps 2000
-    vidseg train --method netwarp --init perframe.pt --bag bags/a --out netwarp.pt --steps 500
     vidseg train --method twnet --init perframe.pt --bag bags/a --out twnet.pt --steps 500
 
 Several processes (GPUs, or CPU workers with gloo)::
@@ -20,15 +21,32 @@ from pathlib import Path
 from vidseg_ros.tools.synth import parse_size
 
 
+def add_data_arguments(p: argparse.ArgumentParser, *, split: str) -> None:
+    """The data options ``train`` and ``eval`` share: a dataset format, or bags with their topics."""
+    from vidseg_ros.data.datasets import FORMATS
+    from vidseg_ros.data.datasets.bag import DEFAULT_IMAGE_TOPIC, DEFAULT_LABEL_TOPIC
+
+    g = p.add_argument_group("data (a dataset, or bags)")
+    g.add_argument("--dataset", choices=sorted(FORMATS), help="dataset format under --data-root")
+    g.add_argument("--data-root", type=Path, help="the dataset's folder, in its published layout")
+    g.add_argument("--split", default=split, help=f"dataset split (default {split})")
+    g.add_argument("--bag", dest="bags", type=Path, action="append", help="labelled bag (repeatable)")
+    g.add_argument("--image-topic", default=DEFAULT_IMAGE_TOPIC, help="bags: sensor_msgs/Image topic")
+    g.add_argument("--label-topic", default=DEFAULT_LABEL_TOPIC, help="bags: mono8 label topic (train ids)")
+    g.add_argument(
+        "--classes",
+        type=Path,
+        help="bags: classes.yaml of the labels (default: --init's classes, else synthetic)",
+    )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Adds the ``train`` options to ``p``."""
     from vidseg_ros.models.twnet import DEFAULT_WARP_LAYER
 
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     p.add_argument("--method", required=True, choices=("perframe", "netwarp", "twnet"), help="what to train")
-    p.add_argument(
-        "--bag", dest="bags", type=Path, action="append", required=True, help="labelled bag (repeatable)"
-    )
+    add_data_arguments(p, split="train")
     p.add_argument(
         "--out", type=Path, required=True, help="checkpoint to write; training state goes to OUT.state"
     )
@@ -75,6 +93,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     o.add_argument("--no-flip", dest="flip", action="store_false", help="no random left-right mirroring")
     o.add_argument(
+        "--augment",
+        choices=("full", "flip", "none"),
+        help="full: random scale 0.5-2, crop, flip, colour jitter (default for datasets); flip: mirroring "
+        "only, bags preprocessed once in memory (default for bags)",
+    )
+    o.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        help="fp16 mixed precision (default: on with CUDA, off on the CPU)",
+    )
+    o.add_argument(
         "--class-weights",
         choices=("enet", "none"),
         default="enet",
@@ -92,6 +121,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--save-every", type=int, default=100, help="write OUT.state every N steps")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    r.add_argument("--workers", type=int, default=2, help="data loading processes for augmented clips")
     r.add_argument(
         "--flow-downscale", type=int, default=2, help="flow at size / N, as the node's motion.flow_downscale"
     )
@@ -103,13 +133,21 @@ def run(args: argparse.Namespace) -> int:
     from vidseg_ros.models.backbones import PretrainedWeightsError
     from vidseg_ros.runtime.checkpoint import CheckpointError
     from vidseg_ros.training.config import TrainConfig
-    from vidseg_ros.training.data import TrainingDataError
     from vidseg_ros.training.loop import ResumeError, train
 
     cfg = TrainConfig(
         method=args.method,
-        bags=list(args.bags),
+        bags=list(args.bags or []),
         out=args.out,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        split=args.split,
+        image_topic=args.image_topic,
+        label_topic=args.label_topic,
+        classes=args.classes,
+        augment=args.augment,
+        workers=args.workers,
+        amp=args.amp,
         init=args.init,
         backbone=args.backbone,
         width_mult=args.width_mult,
@@ -139,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         train(cfg)
-    except (ValueError, CheckpointError, ResumeError, PretrainedWeightsError, TrainingDataError) as e:
+    except (ValueError, CheckpointError, ResumeError, PretrainedWeightsError) as e:
         print(f"vidseg train: error: {e}", file=sys.stderr)
         return 2
     return 0

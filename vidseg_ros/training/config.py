@@ -30,6 +30,20 @@ class TrainConfig:
     method: str
     bags: list[Path]
     out: Path
+    #: A dataset format (cityscapes, camvid, folder) read from ``data_root``; exclusive with ``bags``.
+    dataset: str | None = None
+    data_root: Path | None = None
+    split: str = "train"
+    image_topic: str = "/camera/image_raw"
+    label_topic: str = "/camera/labels"
+    #: classes.yaml for bags whose labels are not the synthetic (or the init checkpoint's) classes.
+    classes: Path | None = None
+    #: ``full`` (scale, crop, flip, colour jitter), ``flip`` or ``none``; None: flip for bags, full otherwise.
+    augment: str | None = None
+    #: DataLoader worker processes for augmented clips (0: in the training process).
+    workers: int = 2
+    #: Mixed precision (fp16 autocast + gradient scaling); None: on for CUDA, off on the CPU.
+    amp: bool | None = None
     init: Path | None = None
     backbone: str | None = None
     width_mult: float | None = None
@@ -65,6 +79,19 @@ class TrainConfig:
         return self.out.with_name(self.out.name + ".state")
 
     @property
+    def augmentation(self) -> str:
+        if self.augment is not None:
+            return self.augment
+        if self.dataset is not None:
+            return "full"
+        return "flip" if self.flip else "none"
+
+    @property
+    def in_memory(self) -> bool:
+        """Bags without scale augmentation are preprocessed once and held in memory (the fast path)."""
+        return self.dataset is None and self.augmentation in ("flip", "none")
+
+    @property
     def learning_rate(self) -> float:
         return DEFAULT_LR[self.method] if self.lr is None else self.lr
 
@@ -82,8 +109,16 @@ class TrainConfig:
         """Raises ValueError for inconsistent options, before any data is loaded."""
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
-        if not self.bags:
-            raise ValueError("at least one --bag is needed")
+        if bool(self.bags) == (self.dataset is not None):
+            raise ValueError("give either --bag (repeatable) or --dataset with --data-root, not both")
+        if self.dataset is not None and self.data_root is None:
+            raise ValueError(f"--dataset {self.dataset} needs --data-root")
+        if self.classes is not None and self.dataset is not None:
+            raise ValueError("--classes is for bags; a dataset format brings its own classes")
+        if self.augment is not None and self.augment not in ("full", "flip", "none"):
+            raise ValueError(f"augment must be full, flip or none, got {self.augment!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.method == "twnet" and self.init is None:
             raise ValueError("twnet stage 2 needs --init PERFRAME_CKPT (its frozen key-frame CNN)")
         for name in ("steps", "batch", "save_every", "flow_downscale"):
@@ -113,7 +148,12 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """What must not change between a run and its ``--resume`` (``steps`` may, to extend a run)."""
         lo, hi = self.distances
+        data = {}
+        if self.dataset is not None or not self.in_memory:  # absent for bags in memory, as before
+            data = {"dataset": self.dataset, "data_root": str(self.data_root), "split": self.split,
+                    "augment": self.augmentation}  # fmt: skip
         return {
+            **data,
             "method": self.method,
             "init": str(self.init) if self.init else None,
             "bags": [str(b) for b in self.bags],

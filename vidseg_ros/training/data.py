@@ -1,4 +1,7 @@
-"""Training data: every frame of the given bags, preprocessed once exactly as at run time.
+"""In-memory training data: every frame of the given bags, preprocessed once exactly as at run time.
+
+This is the fast path for small recorded data without scale augmentation (``--augment flip``, the shipped
+models' recipe); :mod:`vidseg_ros.training.clips` streams augmented clips of any dataset format.
 
 Images go through :meth:`Segmenter.prepare` (the node's resize and normalisation) and flows through
 :meth:`Segmenter.motion` (the node's DIS reverse flow at ``input_size / flow_downscale``), so a model is
@@ -13,8 +16,7 @@ is reproducible and resumable, and each rank takes its own slice of the same glo
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -23,12 +25,13 @@ import torch
 from torch import Tensor
 
 from vidseg_ros.classes import IGNORE_INDEX
+from vidseg_ros.data.datasets.base import DatasetError, VideoDataset, VideoSequence
 from vidseg_ros.models.twnet import TWNetModel
 from vidseg_ros.runtime.segmenter import Segmenter
 
 
-class TrainingDataError(ValueError):
-    """Bags that cannot be trained on: missing, empty, unlabelled or too short for the clips asked for."""
+class TrainingDataError(DatasetError):
+    """Data that cannot be trained on: too short for the clips asked for."""
 
 
 @dataclass
@@ -61,38 +64,27 @@ def resize_labels(labels: np.ndarray | None, size: tuple[int, int]) -> np.ndarra
     return labels
 
 
-def load_sequence(path: str | os.PathLike[str], segmenter: Segmenter, *, with_flow: bool) -> FrameSequence:
-    """Reads one bag and prepares all of its frames (and flows, when ``with_flow``) on the CPU."""
-    from vidseg_ros.data.bags import BagError, read_frames
-
+def load_sequence(
+    dataset: VideoDataset, seq: VideoSequence, segmenter: Segmenter, *, with_flow: bool
+) -> FrameSequence:
+    """Prepares all frames of ``seq`` (and flows, when ``with_flow``) on the CPU, as the node would."""
     images: list[Tensor] = []
     labels: list[np.ndarray] = []
     flows: list[Tensor] = []
     previous = None
-    labelled = 0
-    try:
-        for frame in read_frames(path):
-            prepared = segmenter.prepare(frame.image)
-            images.append(prepared.image[0].cpu())
-            labels.append(resize_labels(frame.labels, segmenter.input_size))
-            labelled += frame.labels is not None
-            if with_flow:
-                if previous is None:
-                    h, w = segmenter.flow_size[1], segmenter.flow_size[0]
-                    flows.append(torch.zeros(2, h, w))
-                else:
-                    flows.append(segmenter.motion(prepared, previous)[0].cpu())
-                previous = prepared
-    except BagError as e:
-        raise TrainingDataError(f"cannot read training bag {path}: {e}") from e
-    if not images:
-        raise TrainingDataError(f"bag {path} holds no images")
-    if not labelled:
-        raise TrainingDataError(
-            f"bag {path} holds no labels (expected a label topic, e.g. from `vidseg synth`)"
-        )
+    for frame in dataset.iter_frames(seq):
+        prepared = segmenter.prepare(frame.image)
+        images.append(prepared.image[0].cpu())
+        labels.append(resize_labels(frame.labels, segmenter.input_size))
+        if with_flow:
+            if previous is None:
+                h, w = segmenter.flow_size[1], segmenter.flow_size[0]
+                flows.append(torch.zeros(2, h, w))
+            else:
+                flows.append(segmenter.motion(prepared, previous)[0].cpu())
+            previous = prepared
     return FrameSequence(
-        name=str(path),
+        name=seq.name,
         images=torch.stack(images),
         labels=torch.from_numpy(np.stack(labels)),
         flows=torch.stack(flows) if with_flow else None,
@@ -244,3 +236,47 @@ def collate(sequences: Sequence[FrameSequence], clips: Sequence[Clip], distance:
         flows=torch.stack(flows, dim=1) if flows else None,
         targets=torch.stack(targets, dim=1) if targets else None,
     )
+
+
+class InMemoryClips:
+    """Training batches from sequences held in memory, preprocessed once (see the module docstring)."""
+
+    def __init__(
+        self,
+        dataset: VideoDataset,
+        segmenter: Segmenter,
+        *,
+        with_flow: bool,
+        distances: tuple[int, int],
+        batch: int,
+        seed: int,
+        flip: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        progress: bool = False,
+    ) -> None:
+        from tqdm import tqdm
+
+        seqs = tqdm(dataset.sequences, desc="load", unit="sequence", disable=not progress)
+        self.sequences = [load_sequence(dataset, s, segmenter, with_flow=with_flow) for s in seqs]
+        self.sampler = ClipSampler(
+            [len(s) for s in self.sequences],
+            batch=batch,
+            seed=seed,
+            min_distance=distances[0],
+            max_distance=distances[1],
+            flip=flip,
+            rank=rank,
+            world_size=world_size,
+        )
+
+    def frames(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+    def labels(self) -> Tensor:
+        return torch.cat([s.labels.reshape(-1) for s in self.sequences])
+
+    def batches(self, start: int, stop: int) -> Iterator[tuple[int, Batch]]:
+        for step in range(start, stop):
+            distance, clips = self.sampler.sample(step)
+            yield distance, collate(self.sequences, clips, distance)

@@ -1,8 +1,10 @@
-"""Online evaluation: checkpoints run over bags frame by frame through ``Stream``, exactly as in the node.
+"""Online evaluation: checkpoints run over a dataset's sequences frame by frame through ``Stream``, as in the node.
 
-Each bag gets a fresh :class:`~vidseg_ros.runtime.stream.Stream` per checkpoint (state carried from frame to
-frame, the model's key-frame policy, the node's reset rules), and every frame's mask is scored against the
-bag's labels at the image's resolution. Times are the wall time of ``Stream.step`` (preprocessing, flow,
+Each sequence (a bag, a Cityscapes snippet, a video) gets a fresh :class:`~vidseg_ros.runtime.stream.Stream`
+per checkpoint (state carried from frame to frame, the model's key-frame policy, the node's reset rules).
+The standard protocol: every labelled frame's mask is scored at the label's resolution into one confusion
+matrix over the split; a class with neither ground truth nor prediction is NaN (null in JSON) and left out of
+the mean, as cityscapesScripts does. TC pairs every two consecutive frames of a sequence, labelled or not. Times are the wall time of ``Stream.step`` (preprocessing, flow,
 model and mask), split into key and non-key frames. Several checkpoints are interleaved frame by frame, so
 their times come from the same stretch of the run.
 """
@@ -21,6 +23,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vidseg_ros.classes import ClassTable
+from vidseg_ros.data.datasets.base import DatasetError, VideoDataset
 from vidseg_ros.metrics import SequenceMetrics, confusion, iou_per_class, mean_iou, warp_labels
 from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL
 from vidseg_ros.runtime.checkpoint import load_checkpoint, resolve_checkpoint
@@ -55,12 +59,30 @@ def _merge(total: SequenceMetrics, part: SequenceMetrics) -> None:
     total.frames += part.frames
 
 
-def _warm_up(segmenter: Segmenter, bag: PathLike) -> None:
-    """One key and one non-key step on a throw-away stream, so lazy initialisation is not timed."""
-    from vidseg_ros.data.bags import read_frames
+def as_dataset(
+    data: VideoDataset | Sequence[PathLike], classes: Sequence[str], palette: Sequence[Sequence[int]]
+):
+    """``data`` itself, or bags whose labels hold train ids of ``classes``."""
+    if isinstance(data, VideoDataset):
+        return data
+    from vidseg_ros.data.datasets.bag import BagDataset
 
+    return BagDataset(list(data), ClassTable.simple(classes, palette))
+
+
+def check_classes(dataset: VideoDataset, name: str, classes: Sequence[str]) -> None:
+    """Raises DatasetError (one line) when a checkpoint's classes are not the dataset's."""
+    if list(classes) != list(dataset.classes.names):
+        raise DatasetError(
+            f"{name} predicts {len(classes)} classes ({', '.join(classes[:4])}, ...) but {dataset.describe()} "
+            f"has {len(dataset.classes)} ({', '.join(dataset.classes.names[:4])}, ...)"
+        )
+
+
+def _warm_up(segmenter: Segmenter, dataset: VideoDataset) -> None:
+    """One key and one non-key step on a throw-away stream, so lazy initialisation is not timed."""
     stream = Stream(segmenter, max_gap_s=math.inf)
-    for i, frame in enumerate(read_frames(bag)):
+    for i, frame in enumerate(dataset.iter_frames(dataset.sequences[0])):
         stream.step(frame.image, frame.stamp_ns, frame_id=frame.frame_id)
         if i >= 1:
             break
@@ -108,9 +130,9 @@ class _Run:
         self.key_ms: list[float] = []
         self.nonkey_ms: list[float] = []
         self.stages: dict[str, float] = {}
-        self.per_bag: list[dict[str, Any]] = []
+        self.per_sequence: list[dict[str, Any]] = []
 
-    def start_bag(self) -> None:
+    def start_sequence(self) -> None:
         self.stream = Stream(self.segmenter)
         self.metrics = SequenceMetrics(num_classes=len(self.classes))
         self.distance = 0
@@ -125,20 +147,17 @@ class _Run:
         for stage, ms in result.timings_ms.items():
             self.stages[stage] = self.stages.get(stage, 0.0) + ms
         self.distance = 0 if result.is_key else self.distance + 1
-        if frame.labels is None:
-            self.metrics.reset_sequence()  # TC pairs consecutive frames only
-            return
         self.metrics.update(result.mask, frame.labels, frame.image)
-        if self.key_distance:
+        if self.key_distance and frame.labels is not None:
             n = len(self.classes)
             cm = self.by_distance.setdefault(self.distance, np.zeros((n, n), np.int64))
             cm += confusion(result.mask, frame.labels, n)
             self.distance_frames[self.distance] = self.distance_frames.get(self.distance, 0) + 1
 
-    def end_bag(self, bag: PathLike) -> None:
+    def end_sequence(self, name: str) -> None:
         summary = self.metrics.summary(self.classes)
-        self.per_bag.append(
-            {"bag": str(bag), "frames": self.frames, "resets": self.stream.resets, **_scores(summary)}
+        self.per_sequence.append(
+            {"sequence": name, "frames": self.frames, "resets": self.stream.resets, **_scores(summary)}
         )
         _merge(self.total, self.metrics)
 
@@ -164,7 +183,7 @@ class _Run:
             "ms_nonkey": _mean(self.nonkey_ms),
             "ms_p95": float(np.percentile(all_ms, 95)) if all_ms else None,
             "stage_ms": {k: v / max(1, len(all_ms)) for k, v in self.stages.items()},
-            "per_bag": self.per_bag,
+            "per_sequence": self.per_sequence,
         }
         if self.key_distance:
             result["key_distance"] = _distance_curve(self.by_distance, self.distance_frames, self.classes)
@@ -173,7 +192,7 @@ class _Run:
 
 def evaluate_checkpoints(
     checkpoints: Sequence[PathLike],
-    bags: Sequence[PathLike],
+    data: VideoDataset | Sequence[PathLike],
     *,
     device: str | torch.device = "cpu",
     input_size: tuple[int, int] | None = None,
@@ -182,7 +201,8 @@ def evaluate_checkpoints(
     flow_downscale: int = 2,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Scores checkpoints on ``bags``; returns one JSON-ready dict each (see ``vidseg eval --help``).
+    """Scores checkpoints on ``data`` (a dataset, or bags labelled with the first checkpoint's classes);
+    returns one JSON-ready dict each (see ``vidseg eval --help``).
 
     The checkpoints run interleaved: each frame goes through every checkpoint's stream before the next frame
     is read, so a machine that slows down or speeds up during the run affects all of them alike and their
@@ -191,9 +211,10 @@ def evaluate_checkpoints(
     ``key_interval`` overrides a TWNet checkpoint's interval, as the node's ``twnet.key_interval`` does;
     other methods keep their own policy. ``key_distance`` adds mIoU and per-class IoU per distance from the
     last key frame.
-    """
-    from vidseg_ros.data.bags import read_frames
 
+    Raises:
+        DatasetError: A checkpoint whose classes are not the data's, or unreadable data.
+    """
     runs = [
         _Run(
             checkpoint,
@@ -205,27 +226,36 @@ def evaluate_checkpoints(
         )
         for checkpoint in checkpoints
     ]
+    dataset = as_dataset(data, runs[0].meta.classes, runs[0].meta.palette)
     for run in runs:
-        _warm_up(run.segmenter, bags[0])
-    for bag in bags:
+        check_classes(dataset, str(run.path), run.classes)
+    for run in runs:
+        _warm_up(run.segmenter, dataset)
+    sequences = dataset.sequences
+    many = len(sequences) > 3  # one bar for the split rather than one per Cityscapes snippet
+    outer = tqdm(sequences, desc=f"eval {dataset.format} {len(runs)} checkpoint(s)", unit="sequence",
+                 disable=not (progress and many))  # fmt: skip
+    for seq in outer:
         for run in runs:
-            run.start_bag()
-        desc = f"eval {Path(bag).name} ({len(runs)} checkpoint{'s' * (len(runs) > 1)})"
-        for frame in tqdm(read_frames(bag), desc=desc, unit="frame", disable=not progress):
+            run.start_sequence()
+        desc = f"eval {Path(seq.name).name} ({len(runs)} checkpoint{'s' * (len(runs) > 1)})"
+        for frame in tqdm(dataset.iter_frames(seq), desc=desc, unit="frame", disable=not progress or many):
             for run in runs:
                 run.step(frame)
         for run in runs:
-            run.end_bag(bag)
+            run.end_sequence(seq.name)
     return [run.result() for run in runs]
 
 
-def evaluate_checkpoint(checkpoint: PathLike, bags: Sequence[PathLike], **options: Any) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: PathLike, data: VideoDataset | Sequence[PathLike], **options: Any
+) -> dict[str, Any]:
     """:func:`evaluate_checkpoints` for one checkpoint."""
-    return evaluate_checkpoints([checkpoint], bags, **options)[0]
+    return evaluate_checkpoints([checkpoint], data, **options)[0]
 
 
 def propagate_labels(
-    bags: Sequence[PathLike],
+    data: VideoDataset | Sequence[PathLike],
     *,
     input_size: tuple[int, int],
     classes: Sequence[str],
@@ -241,7 +271,6 @@ def propagate_labels(
     ``input_size`` (w, h). Per-class IoU against the distance from the key frame shows which classes the flow
     itself fails on, which is what the correction of a warping model has to make up for.
     """
-    from vidseg_ros.data.bags import read_frames
     from vidseg_ros.motion.flow import DISFlow
     from vidseg_ros.training.data import resize_labels
 
@@ -251,11 +280,12 @@ def propagate_labels(
     n = len(classes)
     by_distance: dict[int, np.ndarray] = {}
     frames: dict[int, int] = {}
-    for bag in bags:
+    dataset = as_dataset(data, classes, [[0, 0, 0]] * len(classes))
+    for seq in dataset.sequences:
         dis = DISFlow(downscale=1.0)
         gray = carried = None
         for i, frame in enumerate(
-            tqdm(read_frames(bag), desc=f"propagate {Path(bag).name}", disable=not progress)
+            tqdm(dataset.iter_frames(seq), desc=f"propagate {Path(seq.name).name}", disable=not progress)
         ):
             previous, gray = gray, flow_image(resize_image(frame.image, input_size), flow_size)
             labels = resize_labels(frame.labels, input_size)

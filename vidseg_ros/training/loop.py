@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +17,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from vidseg_ros.classes import SYNTH_TABLE, ClassTable, LabelError, load_classes_yaml
+from vidseg_ros.data.datasets import DatasetError, VideoDataset, open_dataset
+from vidseg_ros.data.datasets.bag import BagDataset
 from vidseg_ros.models.twnet import TWNetModel
-from vidseg_ros.runtime.checkpoint import atomic_torch_save, save_checkpoint
+from vidseg_ros.runtime.checkpoint import atomic_torch_save, read_checkpoint, save_checkpoint
 from vidseg_ros.runtime.segmenter import Segmenter
 from vidseg_ros.training import distributed
+from vidseg_ros.training.clips import AUGMENTS, StreamingClips
 from vidseg_ros.training.config import TrainConfig
-from vidseg_ros.training.data import (
-    ClipSampler,
-    attach_key_features,
-    collate,
-    key_feature_bytes,
-    load_sequence,
-)
+from vidseg_ros.training.data import InMemoryClips, attach_key_features, key_feature_bytes
 from vidseg_ros.training.losses import class_weights
 from vidseg_ros.training.objectives import StageObjective, build_stage_model, trainable_summary
 
@@ -129,35 +128,58 @@ def _log(env: distributed.DistEnv, message: str) -> None:
         tqdm.write(message)
 
 
+def open_training_data(cfg: TrainConfig) -> VideoDataset:
+    """The dataset ``cfg`` names: a format under ``data_root``, or bags with their topics and classes.
+
+    Bags' labels hold train ids of ``--classes``, else of the init checkpoint, else the synthetic classes.
+    """
+    if cfg.dataset is not None:
+        return open_dataset(cfg.dataset, cfg.data_root, cfg.split)
+    if cfg.classes is not None:
+        classes = load_classes_yaml(cfg.classes)
+    elif cfg.init is not None:
+        meta, _ = read_checkpoint(cfg.init)
+        classes = ClassTable.simple(meta.classes, meta.palette)
+    else:
+        classes = SYNTH_TABLE
+    return BagDataset(cfg.bags, classes, image_topic=cfg.image_topic, label_topic=cfg.label_topic)
+
+
 def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
     t_prep = time.perf_counter()
-    model, meta = build_stage_model(cfg)
+    try:
+        dataset = open_training_data(cfg)
+    except LabelError as e:
+        raise DatasetError(str(e)) from e
+    model, meta = build_stage_model(cfg, dataset.classes)
     size = (meta.input_size[0], meta.input_size[1])
-    # The node's preprocessing, on the CPU, once: frames and flows are then reused for every step.
-    prep = Segmenter(model, meta, device="cpu", input_size=size, flow_downscale=cfg.flow_downscale)
-    bags = tqdm(cfg.bags, desc="load bags", unit="bag", disable=not (cfg.progress and env.is_main))
-    sequences = [load_sequence(b, prep, with_flow=model.uses_motion) for b in bags]
     lo, hi = cfg.distances
-    sampler = ClipSampler(
-        [len(s) for s in sequences],
-        batch=cfg.batch,
-        seed=cfg.seed,
-        min_distance=lo,
-        max_distance=hi,
-        flip=cfg.flip,
-        rank=env.rank,
-        world_size=env.world_size,
-    )
+    show = cfg.progress and env.is_main
+    source: InMemoryClips | StreamingClips
+    if cfg.in_memory:
+        # The node's preprocessing, on the CPU, once: frames and flows are then reused for every step.
+        prep = Segmenter(model, meta, device="cpu", input_size=size, flow_downscale=cfg.flow_downscale)
+        source = InMemoryClips(dataset, prep, with_flow=model.uses_motion, distances=(lo, hi),
+                               batch=cfg.batch, seed=cfg.seed, flip=cfg.augmentation == "flip",
+                               rank=env.rank, world_size=env.world_size, progress=show)  # fmt: skip
+    else:
+        augment = AUGMENTS[cfg.augmentation]
+        augment = replace(augment, flip=augment.flip and cfg.flip)
+        source = StreamingClips(dataset, size=size, mean=meta.mean, std=meta.std, augment=augment,
+                                flow_downscale=cfg.flow_downscale if model.uses_motion else None,
+                                distances=(lo, hi), batch=cfg.batch, seed=cfg.seed, workers=cfg.workers,
+                                rank=env.rank, world_size=env.world_size,
+                                pin_memory=env.device.type == "cuda")  # fmt: skip
     model.to(env.device).train()
-    if isinstance(model, TWNetModel):
-        needed = key_feature_bytes(sequences, model)
+    if isinstance(model, TWNetModel) and isinstance(source, InMemoryClips):
+        needed = key_feature_bytes(source.sequences, model)
         if needed <= KEY_FEATURE_CACHE_BYTES:
-            attach_key_features(sequences, model, env.device)
+            attach_key_features(source.sequences, model, env.device)
         else:
             _log(env, f"not caching key-CNN features ({needed / 2**30:.1f} GiB); computing them every step")
     weight = None
     if cfg.class_weights == "enet":
-        weight = class_weights(torch.cat([s.labels.reshape(-1) for s in sequences]), len(meta.classes))
+        weight = class_weights(source.labels().reshape(-1), len(meta.classes))
         _log(
             env,
             "class weights: "
@@ -173,10 +195,14 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
         else:
             _log(env, f"no {cfg.state_path} to resume from; starting at step 0")
     net = distributed.wrap(objective, env)
-    frames = sum(len(s) for s in sequences)
-    _log(env, f"{cfg.method}: {frames} frames from {len(sequences)} bag(s) at {size[0]}x{size[1]}, "
-         f"clips of {lo + 1}..{hi + 1} frames, batch {cfg.batch} over {env.world_size} process(es) on {env.device}; "
-         f"training {trainable_summary(model)}")  # fmt: skip
+    amp = env.device.type == "cuda" if cfg.amp is None else cfg.amp
+    if amp and env.device.type != "cuda":
+        raise ValueError("--amp needs a CUDA device (mixed precision on the CPU is not faster)")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    what = "bags in memory" if cfg.in_memory else f"{len(source)} labelled clips, augment {cfg.augmentation}"
+    _log(env, f"{cfg.method}: {dataset.describe()}, {len(meta.classes)} classes; {what}; {source.frames()} frames "
+         f"at {size[0]}x{size[1]}, clips of {lo + 1}..{hi + 1} frames, batch {cfg.batch} over {env.world_size} "
+         f"process(es) on {env.device}{' with fp16 autocast' if amp else ''}; training {trainable_summary(model)}")  # fmt: skip
 
     prep_s = time.perf_counter() - t_prep
     stop = cfg.steps if cfg.stop_at is None else max(start, min(cfg.steps, cfg.stop_at))
@@ -193,16 +219,17 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
         unit="step",
         disable=not (cfg.progress and env.is_main),
     )
-    for step in bar:
-        distance, clips = sampler.sample(step)
-        batch = collate(sequences, clips, distance).to(env.device)
+    for step, (distance, batch) in zip(bar, source.batches(start, stop), strict=True):
+        batch = batch.to(env.device)
         lr = learning_rate(step, cfg.steps, cfg.learning_rate)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
-        out = net(batch.images, batch.labels, batch.flows, batch.targets)
+        with torch.autocast(env.device.type, dtype=torch.float16, enabled=amp):
+            out = net(batch.images, batch.labels, batch.flows, batch.targets)
         optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
+        scaler.scale(out["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
         loss = float(out["loss"].detach())
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr")
@@ -228,6 +255,14 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
     path = None
     if env.is_main:
         meta.recipe = _recipe(cfg, model, env, meta.input_size, wall, means, spread)
+        meta.recipe["data"] = {
+            "format": dataset.format,
+            "source": dataset.describe(),
+            "split": None if cfg.dataset is None else cfg.split,
+            "augment": cfg.augmentation,
+            "synthetic": bool(getattr(dataset, "synthetic", False)),
+        }
+        meta.recipe["amp"] = amp
         meta.recipe.update({"steps_done": stop, "prep_time_s": round(prep_s, 2)})
         path = save_checkpoint(cfg.out, model, meta)
         rate = trained_steps / (time.perf_counter() - t0) if trained_steps else float("nan")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vidseg_ros.classes import SYNTH_CLASSES, SYNTH_PALETTE
+from vidseg_ros.classes import IGNORE_INDEX, SYNTH_TABLE, ClassTable
 from vidseg_ros.models.backbones import load_pretrained_backbone
 from vidseg_ros.models.base import VideoSegModel
 from vidseg_ros.models.netwarp import NetWarpModel
@@ -31,12 +31,18 @@ from vidseg_ros.training.config import DEFAULT_SIZE, DEFAULT_WIDTH_MULT, TrainCo
 from vidseg_ros.training.losses import consistency, cross_entropy
 
 
-def _image_model(cfg: TrainConfig) -> tuple[PerFrameModel, ModelMeta | None]:
-    """The per-frame model to train or to start from: ``cfg.init``'s, or a new one."""
+def _image_model(cfg: TrainConfig, classes: ClassTable) -> tuple[PerFrameModel, ModelMeta | None]:
+    """The per-frame model to train or to start from: ``cfg.init``'s, or a new one with ``classes``."""
     if cfg.init is not None:
         model, meta = load_checkpoint(cfg.init)
         if not isinstance(model, PerFrameModel):
             raise ValueError(f"--init must be a perframe checkpoint, {cfg.init} holds a {meta.method} model")
+        if list(meta.classes) != list(classes.names):
+            raise ValueError(
+                f"--init {cfg.init} predicts {len(meta.classes)} classes ({', '.join(meta.classes[:4])}, ...) "
+                f"but the data has {len(classes)} ({', '.join(classes.names[:4])}, ...): train stage 1 "
+                "(--method perframe) on this data first"
+            )
         arch = model.config()
         asked = {
             "backbone": cfg.backbone,
@@ -62,7 +68,7 @@ def _image_model(cfg: TrainConfig) -> tuple[PerFrameModel, ModelMeta | None]:
     model = build_model(
         "perframe",
         backbone=backbone,
-        num_classes=len(SYNTH_CLASSES),
+        num_classes=len(classes),
         width_mult=width,
         decoder_channels=cfg.decoder_channels or DECODER_CHANNELS,
     )
@@ -72,15 +78,15 @@ def _image_model(cfg: TrainConfig) -> tuple[PerFrameModel, ModelMeta | None]:
     return model, None
 
 
-def build_stage_model(cfg: TrainConfig) -> tuple[VideoSegModel, ModelMeta]:
+def build_stage_model(cfg: TrainConfig, classes: ClassTable = SYNTH_TABLE) -> tuple[VideoSegModel, ModelMeta]:
     """The model ``cfg.method`` trains, initialised as the method prescribes, with its checkpoint metadata.
 
-    Classes, palette and normalisation come from the init checkpoint, else the synthetic label set; the
-    input size is ``cfg.size``, else the init checkpoint's, else 320x240. Seeds torch with ``cfg.seed``
-    first, so freshly initialised layers are reproducible.
+    ``classes`` are the data's; an init checkpoint must have the same. Normalisation comes from the init
+    checkpoint, else ImageNet's; the input size is ``cfg.size``, else the init checkpoint's, else 320x240.
+    Seeds torch with ``cfg.seed`` first, so freshly initialised layers are reproducible.
     """
     torch.manual_seed(cfg.seed)
-    image, init_meta = _image_model(cfg)
+    image, init_meta = _image_model(cfg, classes)
     image.train()
     model: VideoSegModel
     if cfg.method == "perframe":
@@ -97,8 +103,8 @@ def build_stage_model(cfg: TrainConfig) -> tuple[VideoSegModel, ModelMeta]:
     meta = ModelMeta(
         method=model.method,
         arch=arch_config(model),
-        classes=list(init_meta.classes) if init_meta else list(SYNTH_CLASSES),
-        palette=[list(c) for c in (init_meta.palette if init_meta else SYNTH_PALETTE)],
+        classes=list(classes.names),
+        palette=[list(c) for c in (init_meta.palette if init_meta else classes.colors)],
         input_size=[int(size[0]), int(size[1])],
     )
     if init_meta:
@@ -153,10 +159,13 @@ class StageObjective(nn.Module):
         ce = images.new_zeros(())
         l2 = images.new_zeros(())
         steps = images.shape[0] - 1
+        labelled = 0  # real datasets label the last frame of a clip only; bags label every frame
         for t in range(1, images.shape[0]):
             logits, state = model.nonkey_step(images[t], images[t - 1], flows[t], state)
-            ce = ce + cross_entropy(logits, labels[t], self.class_weight)
+            if bool((labels[t] != IGNORE_INDEX).any()):
+                ce = ce + cross_entropy(logits, labels[t], self.class_weight)
+                labelled += 1
             if twnet is not None and targets is not None:
                 l2 = l2 + consistency(state[twnet.warp_point], targets[t])
-        ce, l2 = ce / steps, l2 / steps
+        ce, l2 = ce / max(1, labelled), l2 / steps
         return {"loss": ce + self.lam * l2, "ce": ce.detach(), "l2": l2.detach()}
