@@ -130,10 +130,17 @@ class SegNode(LifecycleNode):
             for i, (n, c) in enumerate(zip(meta.classes, meta.palette, strict=True))
         ]
         self._pubs["classes"].publish(String(data=json.dumps({"classes": classes, "model": meta.name})))
-        self.get_logger().info(
+        line = (
             f"loaded {meta.name} from {path}: backend {backend.name} ({backend.precision}) on {backend.device} "
             f"because {reason}; input {w}x{h}, key interval {self.segmenter.key_interval}, {threads} CPU thread(s)"
         )
+        if meta.synthetic_only:
+            self.get_logger().warning(
+                f"{line}; {len(meta.classes)} classes, TRAINED ON SYNTHETIC STREETS ONLY: it serves the demo and "
+                "the tests and will not segment a real camera (train one: README, 'Train on real data')"
+            )
+        else:
+            self.get_logger().info(f"{line}; {len(meta.classes)} classes")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:

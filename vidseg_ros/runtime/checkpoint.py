@@ -46,6 +46,12 @@ class ModelMeta:
     def name(self) -> str:
         return f"{self.method}_{self.arch.get('backbone', '?')}"
 
+    @property
+    def synthetic_only(self) -> bool:
+        """Trained on rendered data only (``recipe["data"]["synthetic"]``, written by ``vidseg train``)."""
+        data = self.recipe.get("data")
+        return isinstance(data, dict) and bool(data.get("synthetic"))
+
 
 def synth_meta(
     model: VideoSegModel, input_size: tuple[int, int], recipe: dict[str, Any] | None = None
