@@ -170,6 +170,10 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
                                 distances=(lo, hi), batch=cfg.batch, seed=cfg.seed, workers=cfg.workers,
                                 rank=env.rank, world_size=env.world_size,
                                 pin_memory=env.device.type == "cuda")  # fmt: skip
+        if missing := dataset.missing_before(hi):
+            name, label, frame = missing[0]
+            _log(env, f"{len(missing)} of {dataset.labelled_count()} labelled frames lack some of the {hi} frames "
+                 f"before them and are left out (first: {name}, label {label}, no frame {frame})")  # fmt: skip
     model.to(env.device).train()
     if isinstance(model, TWNetModel) and isinstance(source, InMemoryClips):
         needed = key_feature_bytes(source.sequences, model)

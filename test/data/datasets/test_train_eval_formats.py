@@ -121,3 +121,33 @@ def test_init_of_other_classes_is_refused(tmp_path, capsys, tiny_checkpoint):
                  "--steps", 1, "--out", tmp_path / "x.pt")  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "train stage 1" in err
+
+
+def test_labels_without_their_preceding_frames_are_left_out_with_one_line(tmp_path, capsys):
+    root = make_cityscapes(
+        tmp_path / "cs", split="train", snippets=(("aachen", 0, 19), ("aachen", 1, 19)), size=(128, 64)
+    )
+    (root / "leftImg8bit_sequence/train/aachen/aachen_000001_000018_leftImg8bit.png").unlink()
+    data = ["--dataset", "cityscapes", "--data-root", root]
+    pf = tmp_path / "pf.pt"
+    assert train(*data, "--method", "perframe", "--steps", 1, "--out", pf, *TINY, "--workers", 0) == 0
+    assert "lack" not in capsys.readouterr().out  # a per-frame model needs no frames before the label
+    assert (
+        train(
+            *data,
+            "--method",
+            "netwarp",
+            "--init",
+            pf,
+            "--steps",
+            1,
+            "--out",
+            tmp_path / "nw.pt",
+            "--workers",
+            0,
+        )
+        == 0
+    )
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "lack" in ln]
+    assert len(lines) == 1 and "1 of 2 labelled frames" in lines[0] and "aachen_000001_000019" in lines[0]
+    assert "no frame 18" in lines[0]

@@ -130,17 +130,24 @@ class VideoDataset(abc.ABC):
         """
         if context > 0 and (why := self.missing_context()):
             raise DatasetError(why)
-        out = []
-        for i, seq in enumerate(self.sequences):
-            present = set(seq.frames)
-            for n in seq.labelled:
-                window = tuple(range(n - context, n + 1))
-                if all(f in present for f in window):
-                    out.append(ClipRef(i, window))
+        out = [ref for ref in self._windows(context) if isinstance(ref, ClipRef)]
         if not out:
             what = "labelled frames" if context == 0 else f"labelled frames with {context} frames before them"
             raise DatasetError(f"{self.describe()} has no {what}")
         return out
+
+    def missing_before(self, context: int) -> list[tuple[str, int, int]]:
+        """``(sequence, labelled frame, first missing frame number)`` of each labelled frame that lacks some of
+        the ``context`` frames before it (left out of :meth:`clips`)."""
+        return [ref for ref in self._windows(context) if not isinstance(ref, ClipRef)]
+
+    def _windows(self, context: int) -> Iterator[ClipRef | tuple[str, int, int]]:
+        for i, seq in enumerate(self.sequences):
+            present = set(seq.frames)
+            for n in seq.labelled:
+                window = tuple(range(n - context, n + 1))
+                missing = [f for f in window if f not in present]
+                yield (seq.name, n, missing[-1]) if missing else ClipRef(i, window)
 
     def iter_frames(self, seq: VideoSequence, *, chunk: int = 8) -> Iterator[DatasetFrame]:
         """The frames of ``seq`` in order, with labels where it has them, as an online run sees them."""
