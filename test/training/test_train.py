@@ -286,12 +286,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_torchrun_two_cpu_processes(bag, tmp_path):
+@pytest.mark.parametrize("data", [[], ["--augment", "full", "--workers", "1"]], ids=["in-memory", "streamed"])
+def test_torchrun_two_cpu_processes(bag, tmp_path, data):
     out = tmp_path / "ddp.pt"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
         "-m", "vidseg_ros.cli", "train", "--method", "perframe", "--bag", str(bag), "--out", str(out),
-        "--steps", "3", "--batch", "4", "--device", "cpu", *TINY,
+        "--steps", "3", "--batch", "4", "--device", "cpu", *TINY, *data,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
