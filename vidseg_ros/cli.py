@@ -12,8 +12,8 @@ import sys
 
 SUBCOMMANDS: dict[str, str] = {
     "synth": "Generate a synthetic street-video bag with ground-truth labels.",
-    "train": "Train per-frame, NetWarp or TWNet models on bags.",
-    "eval": "Run a checkpoint online over bags and report mIoU, trimap IoU, TC and timings.",
+    "train": "Train per-frame, NetWarp or TWNet models on Cityscapes, CamVid, your own video or bags.",
+    "eval": "Run checkpoints online over a dataset split or bags; report mIoU, trimap IoU, TC and timings.",
     "bench": "Time per-frame, NetWarp and TWNet and the node stages in one run.",
     "export": "Export step functions to ONNX or build TensorRT engines.",
     "demo": "Replay a synthetic bag through seg_node over DDS and write a preview and summary.",

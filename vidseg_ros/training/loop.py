@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vidseg_ros.classes import SYNTH_TABLE, ClassTable, LabelError, load_classes_yaml
-from vidseg_ros.data.datasets import DatasetError, VideoDataset, open_dataset
+from vidseg_ros.classes import SYNTH_TABLE, ClassTable, load_classes_yaml
+from vidseg_ros.data.datasets import VideoDataset, open_dataset
 from vidseg_ros.data.datasets.bag import BagDataset
 from vidseg_ros.models.twnet import TWNetModel
 from vidseg_ros.runtime.checkpoint import atomic_torch_save, read_checkpoint, save_checkpoint
@@ -147,10 +147,7 @@ def open_training_data(cfg: TrainConfig) -> VideoDataset:
 
 def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
     t_prep = time.perf_counter()
-    try:
-        dataset = open_training_data(cfg)
-    except LabelError as e:
-        raise DatasetError(str(e)) from e
+    dataset = open_training_data(cfg)  # raises DatasetError or LabelError (both ValueError, one line)
     model, meta = build_stage_model(cfg, dataset.classes)
     size = (meta.input_size[0], meta.input_size[1])
     lo, hi = cfg.distances
@@ -160,7 +157,7 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
         # The node's preprocessing, on the CPU, once: frames and flows are then reused for every step.
         prep = Segmenter(model, meta, device="cpu", input_size=size, flow_downscale=cfg.flow_downscale)
         source = InMemoryClips(dataset, prep, with_flow=model.uses_motion, distances=(lo, hi),
-                               batch=cfg.batch, seed=cfg.seed, flip=cfg.augmentation == "flip",
+                               batch=cfg.batch, seed=cfg.seed, flip=cfg.augmentation == "flip" and cfg.flip,
                                rank=env.rank, world_size=env.world_size, progress=show)  # fmt: skip
     else:
         augment = AUGMENTS[cfg.augmentation]
