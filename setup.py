@@ -21,7 +21,7 @@ setup(
     install_requires=["setuptools", "numpy", "pyyaml"],
     extras_require={
         # The CLI (synth/train/eval/bench/export) and the demo.
-        "tools": ["rosbags>=0.10", "tqdm", "imageio"],
+        "tools": ["rosbags>=0.10", "tqdm", "imageio", "pillow"],
         "onnx": ["onnx", "onnxruntime"],
         "tensorrt": ["torch-tensorrt"],
     },
