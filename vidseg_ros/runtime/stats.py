@@ -40,16 +40,21 @@ class NodeStats:
     _in_times: deque[float] = field(default_factory=deque, repr=False)
     _out: deque[tuple[float, float, float, dict[str, float]]] = field(default_factory=deque, repr=False)
     _drop_times: deque[float] = field(default_factory=deque, repr=False)
+    _stamps: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
 
     def __post_init__(self) -> None:
         self._in_times = deque(maxlen=self.max_samples)
         self._out = deque(maxlen=self.max_samples)
         self._drop_times = deque(maxlen=self.max_samples)
+        self._stamps = deque(maxlen=self.max_samples)
 
-    def on_input(self, now: float) -> None:
+    def on_input(self, now: float, stamp_ns: int | None = None) -> None:
+        """A frame arrived at ``now``; its header stamp feeds the estimate of frames lost before the node."""
         with self._lock:
             self.inputs += 1
             self._in_times.append(now)
+            if stamp_ns is not None:
+                self._stamps.append((now, int(stamp_ns)))
 
     def on_drop(self, now: float) -> None:
         with self._lock:
@@ -77,13 +82,21 @@ class NodeStats:
         for q in (self._in_times, self._drop_times):
             while q and q[0] < start:
                 q.popleft()
+        while self._stamps and self._stamps[0][0] < start:
+            self._stamps.popleft()
         while self._out and self._out[0][0] < start:
             self._out.popleft()
 
-    def report(self, now: float, *, expected_rate: float, drop_warn_ratio: float) -> HealthReport:
-        """Summarise the window; WARN when the output rate is under ``expected_rate`` or drops are too many."""
+    def report(
+        self, now: float, *, expected_rate: float, drop_warn_ratio: float, pause_s: float = 1.0
+    ) -> HealthReport:
+        """Summarise the window; WARN when the output rate is under ``expected_rate``, or when the frames
+        dropped by the node, or those estimated lost before it (:func:`upstream_loss`), exceed
+        ``drop_warn_ratio``. Stamp gaps over ``pause_s`` count as pauses, not loss."""
         with self._lock:
             self._trim(now)
+            lost, period_s = upstream_loss([s for _, s in self._stamps], pause_s=pause_s)
+            arrived = len(self._stamps)
             span = self.window_s
             in_rate = len(self._in_times) / span
             out_rate = len(self._out) / span
@@ -105,6 +118,9 @@ class NodeStats:
             "dropped_in_window": str(window_drops),
             "skipped_bad_frames": str(totals[3]),
             "state_resets": str(totals[4]),
+            "upstream_lost_in_window": str(lost),
+            "upstream_loss_ratio": f"{lost / (lost + arrived):.3f}" if arrived else "nan",
+            "stamp_period_ms": f"{period_s * 1e3:.2f}" if period_s else "nan",
         }
         for name, arr in (("latency", lat), ("node_latency", node_lat)):
             for label, q in (("p50", 50), ("p95", 95), ("max", 100)):
@@ -121,6 +137,29 @@ class NodeStats:
         received = window_drops + len(lat)
         if received and window_drops / received > drop_warn_ratio:
             problems.append(f"dropping {window_drops}/{received} frames in the last {span:g} s")
+        if arrived and lost / (lost + arrived) > drop_warn_ratio:
+            problems.append(
+                f"an estimated {lost}/{lost + arrived} frames lost before the node in the last {span:g} s "
+                "(gaps in header stamps; a best_effort subscription loses large images, see qos.reliability)"
+            )
         if problems:
             return HealthReport(WARN, "; ".join(problems), values)
         return HealthReport(OK, f"segmenting at {out_rate:.1f} Hz", values)
+
+
+def upstream_loss(stamps_ns: list[int], *, pause_s: float = 1.0, min_gaps: int = 4) -> tuple[int, float]:
+    """Frames missing from a stream of header stamps: ``(estimated lost frames, median period in s)``.
+
+    The period is the median gap between consecutive stamps; a gap of ``k`` periods means ``k - 1`` frames
+    never arrived (``round`` absorbs jitter). Gaps that are not forward steps (a bag loop, a repeated stamp)
+    and gaps over ``pause_s`` (a paused camera; the node resets its state there too) are not counted.
+    Fewer than ``min_gaps`` usable gaps give ``(0, 0.0)``: no estimate yet. A loss so regular that most gaps
+    are equal (every other frame, always) reads as a slower camera: the stamps alone cannot tell them apart.
+    """
+    gaps = np.diff(np.asarray(stamps_ns, np.int64)) / 1e9 if len(stamps_ns) > 1 else np.zeros(0)
+    gaps = gaps[(gaps > 0) & (gaps <= pause_s)]
+    if gaps.size < min_gaps:
+        return 0, 0.0
+    period = float(np.median(gaps))
+    missing = np.maximum(np.rint(gaps / period) - 1, 0)
+    return int(missing.sum()), period
