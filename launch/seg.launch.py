@@ -2,6 +2,7 @@
 
     ros2 launch vidseg_ros seg.launch.py image:=/camera/image_raw
     ros2 launch vidseg_ros seg.launch.py checkpoint:=twnet_mobilenetv2_synth.pt device:=cuda
+    ros2 launch vidseg_ros seg.launch.py image:=/camera/image_raw transport:=compressed
 
 Everything else lives in the parameter file (``config:=...``); the arguments below override it only when given.
 """
@@ -20,6 +21,7 @@ OVERRIDES = {
     "backend": "model.backend",
     "precision": "model.precision",
     "reliability": "qos.reliability",
+    "transport": "input.transport",
     "realtime": "realtime",
 }
 
@@ -61,6 +63,9 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("backend", default_value="", description="auto | torch | tensorrt."),
             DeclareLaunchArgument("precision", default_value="", description="fp32 | fp16 | bf16."),
             DeclareLaunchArgument("reliability", default_value="", description="best_effort | reliable."),
+            DeclareLaunchArgument(
+                "transport", default_value="", description="raw | compressed (subscribes to <image>/compressed)."
+            ),
             DeclareLaunchArgument("realtime", default_value="", description="false processes every frame."),
             OpaqueFunction(function=_node),
         ]

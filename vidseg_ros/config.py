@@ -124,6 +124,14 @@ PARAMS: tuple[ParamSpec, ...] = (
         max=3600.0,
     ),
     ParamSpec(
+        "input.transport",
+        "raw",
+        "raw: sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage (JPEG, PNG) on "
+        "`image`/compressed, as image_transport names it.",
+        choices=("raw", "compressed"),
+        read_only=True,
+    ),
+    ParamSpec(
         "qos.reliability",
         "best_effort",
         "Subscriber reliability: best_effort (cameras) or reliable (bag replay).",

@@ -180,7 +180,7 @@ def test_writer_rejects_bad_requests(tmp_path):
         with pytest.raises(BagError, match="no field"):
             bag.write("/diag", "diagnostic_msgs/msg/DiagnosticArray", {"bogus": 1}, 2)
         with pytest.raises(BagError):
-            bag.write_image("/img", 3, "cam", np.zeros((4, 4, 3), np.uint8), "yuv422")
+            bag.write_image("/img", 3, "cam", np.zeros((4, 4, 3), np.uint8), "32FC1")
     with pytest.raises(BagError, match="exists"):
         BagWriter(tmp_path / "bag")
     with pytest.raises(BagError, match="storage"):

@@ -100,7 +100,7 @@ def _corrupt(kind: str, stamp: int):
     elif kind == "lying_height":
         msg.height += 3
     elif kind == "unknown_encoding":
-        msg.encoding = "yuv422"
+        msg.encoding = "yuv420"
     elif kind == "zero_size":
         msg.width = msg.height = msg.step = 0
         msg.data = b""

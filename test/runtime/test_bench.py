@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vidseg_ros.cli import main as vidseg
-from vidseg_ros.tools.bench import METHODS, STAGES, repeats_for, synthetic_frames
+from vidseg_ros.tools.bench import METHODS, STAGES, repeats_for, synthetic_frames, time_colour
 
 TOP_KEYS = {
     "format",
@@ -19,6 +19,7 @@ TOP_KEYS = {
     "io",
     "netwarp_extra",
     "dis_fraction",
+    "colour",
     "node_overhead",
     "node_latency",
     "targets",
@@ -40,6 +41,7 @@ def test_bench_smoke(nudged_checkpoint, tmp_path: Path, capsys: pytest.CaptureFi
         "Average frame by stage",
         "NetWarp extra cost",
         "Node overhead",
+        "Colour + overlay",
         "Targets",
     ):
         assert heading in printed
@@ -60,12 +62,18 @@ def test_bench_smoke(nudged_checkpoint, tmp_path: Path, capsys: pytest.CaptureFi
         assert result["netwarp_extra"][size]["extra_ms"] >= result["netwarp_extra"][size]["flow_ms"] > 0
         assert 0 < result["dis_fraction"][size]
     assert result["node_overhead"]["size"] == "96x64" and result["node_overhead"]["total_ms"] > 0
+    # Colour + overlay at the bench sizes and at the target's camera size.
+    assert list(result["colour"]) == ["96x64", "128x64", "768x576"]
+    for c in result["colour"].values():
+        assert c["colorize_ms"] > 0 and c["overlay_ms"] > 0 and c["cv_threads"] == 1
+        assert c["total_ms"] == pytest.approx(c["colorize_ms"] + c["overlay_ms"])
     latency = result["node_latency"]
     assert "skipped" not in latency, latency
     assert latency["frames"] == 3 and latency["e2e_p50_ms"] > 0 and latency["bare_step_p50_ms"] > 0
     assert {"decode", "inference", "publish", "total"} <= set(latency["node_stages_p50_ms"])
     names = [(t["name"], t["size"]) for t in result["targets"]]
     assert ("dis_vs_perframe", "96x64") in names and ("node_overhead_p50", "96x64") in names
+    assert ("colour_overlay_p50", "768x576") in names
     assert ("netwarp_vs_perframe_excl_flow", "128x64") in names and (
         "twnet_avg_vs_perframe",
         "128x64",
@@ -84,3 +92,12 @@ def test_repeats_scale_with_pixels_and_frames_move() -> None:
     assert a.shape == (48, 64, 3) and a.dtype.name == "uint8"
     # The scene pans 3 px right and 1 px down per frame.
     assert (a[1:, 3:] == b[:-1, :-3]).all() and not (a == b).all()
+
+
+def test_time_colour_keys_and_restores_opencv_threads() -> None:
+    import cv2
+
+    before = cv2.getNumThreads()
+    c = time_colour((64, 48), samples=3)
+    assert set(c) == {"colorize_ms", "overlay_ms", "total_ms", "samples", "cv_threads"} and c["samples"] == 3
+    assert c["total_ms"] >= c["overlay_ms"] > 0 and cv2.getNumThreads() == before

@@ -36,7 +36,7 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
-from ..imgcodec import ImageDecodeError, decode_image, encode_image
+from ..imgcodec import ImageDecodeError, decode_compressed, decode_image, encode_image
 
 if TYPE_CHECKING:
     from .synth import SynthConfig
@@ -275,14 +275,24 @@ class BagFrame:
 
 
 def _decode(msg: Any, topic: str, mono: bool) -> np.ndarray:
-    encoding = "mono8" if mono and msg.encoding in ("8UC1", "mono8") else msg.encoding
-    if mono and encoding != "mono8":
-        raise BagError(f"labels on {topic} must be mono8 or 8UC1, got {msg.encoding!r}")
+    """An Image or CompressedImage message as RGB (or, for ``mono`` labels, ``[H, W]`` ids), copied."""
+    stamp = stamp_to_ns(msg.header.stamp)
+    compressed = hasattr(msg, "format")
     try:
-        pixels = decode_image(encoding, msg.width, msg.height, msg.step, msg.data)
+        if compressed:
+            if mono and "png" not in msg.format.lower():
+                raise BagError(
+                    f"labels on {topic} must be PNG-compressed (lossless), got format {msg.format!r}"
+                )
+            pixels = decode_compressed(msg.format, msg.data)
+        else:
+            encoding = "mono8" if mono and msg.encoding in ("8UC1", "mono8") else msg.encoding
+            if mono and encoding != "mono8":
+                raise BagError(f"labels on {topic} must be mono8 or 8UC1, got {msg.encoding!r}")
+            pixels = decode_image(encoding, msg.width, msg.height, msg.step, msg.data, bool(msg.is_bigendian))
     except ImageDecodeError as e:
-        raise BagError(f"undecodable image on {topic} at {stamp_to_ns(msg.header.stamp)} ns: {e}") from e
-    # Copy: the decoded array is a view of the message buffer.
+        raise BagError(f"undecodable image on {topic} at {stamp} ns: {e}") from e
+    # Copy: the decoded array may be a view of the message buffer.
     return np.array(pixels[:, :, 0]) if mono else np.array(pixels)
 
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from vidseg_ros.imgcodec import decode_image, encode_image
+from vidseg_ros.imgcodec import decode_compressed, decode_image, encode_image
 
 
 def image_to_rgb(msg: Image) -> np.ndarray:
     """Decode a message to ``[H, W, 3]`` uint8 RGB; raises ImageDecodeError with a reason."""
-    return decode_image(msg.encoding, msg.width, msg.height, msg.step, msg.data)
+    return decode_image(msg.encoding, msg.width, msg.height, msg.step, msg.data, bool(msg.is_bigendian))
+
+
+def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """Decode a JPEG or PNG message to ``[H, W, 3]`` uint8 RGB; raises ImageDecodeError with a reason."""
+    return decode_compressed(msg.format, msg.data)
 
 
 def make_image(header: Header, array: np.ndarray, encoding: str) -> Image:

@@ -23,13 +23,13 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from vidseg_ros.config import SPECS, NodeConfig
 from vidseg_ros.imgcodec import ImageDecodeError
-from vidseg_ros.palette import colorize, overlay, palette_lut
-from vidseg_ros.ros.convert import image_to_rgb, make_image
+from vidseg_ros.palette import blend, colorize, palette_lut
+from vidseg_ros.ros.convert import compressed_to_rgb, image_to_rgb, make_image
 from vidseg_ros.ros.params import declare_all, read_all
 from vidseg_ros.runtime.backends import BackendUnavailable, select_backend
 from vidseg_ros.runtime.checkpoint import CheckpointError, file_hash, load_checkpoint, resolve_checkpoint
@@ -57,9 +57,10 @@ class SegNode(LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._sub = None
         self._diag_timer = None
+        self._type_timer = None
         self._worker: threading.Thread | None = None
         self._cond = threading.Condition()
-        self._pending: tuple[Image, float] | None = None
+        self._pending: tuple[Image | CompressedImage, float] | None = None
         self._running = False
         self._warned: dict[str, float] = {}
 
@@ -162,10 +163,12 @@ class SegNode(LifecycleNode):
         if realtime:
             self._worker = threading.Thread(target=self._work, name="vidseg-worker", daemon=True)
             self._worker.start()
-        self._sub = self.create_subscription(Image, "image", self._on_image, qos)
+        kind, topic = self._input_topic()
+        self._sub = self.create_subscription(kind, topic, self._on_image, qos)
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+        self._type_timer = self.create_timer(1.0, self._check_input_type)
         self.get_logger().info(
-            f"subscribed to {self._sub.topic_name} ({cfg['qos.reliability']}, "
+            f"subscribed to {self._sub.topic_name} ({kind.__name__}, {cfg['qos.reliability']}, "
             f"{'realtime: newest frame only' if realtime else 'every frame in order'})"
         )
         return super().on_activate(state)
@@ -175,9 +178,10 @@ class SegNode(LifecycleNode):
         if self._sub is not None:
             self.destroy_subscription(self._sub)
             self._sub = None
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
+        for timer in (self._diag_timer, self._type_timer):
+            if timer is not None:
+                self.destroy_timer(timer)
+        self._diag_timer = self._type_timer = None
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -200,10 +204,37 @@ class SegNode(LifecycleNode):
             self._worker.join(timeout=2.0)
             self._worker = None
 
+    # ---------------------------------------------------------------- input
+    def _input_topic(self) -> tuple[type, str]:
+        """The message type and topic of ``input.transport``: ``image``, or ``<image>/compressed`` (remapped
+        base name first, as image_transport resolves it)."""
+        if self.config["input.transport"] == "compressed":
+            return CompressedImage, f"{self.resolve_topic_name('image')}/compressed"
+        return Image, "image"
+
+    def _check_input_type(self) -> None:
+        """Warns once (per problem) when the input topic's publishers carry another type, naming the fix."""
+        kind, _ = self._input_topic()
+        topic = self._sub.topic_name if self._sub is not None else ""
+        want = {Image: "sensor_msgs/msg/Image", CompressedImage: "sensor_msgs/msg/CompressedImage"}[kind]
+        found = {info.topic_type for info in self.get_publishers_info_by_topic(topic)} - {want}
+        for other in sorted(found):
+            if other == "sensor_msgs/msg/CompressedImage":
+                base = topic.removesuffix("/compressed")
+                fix = (
+                    f"set input.transport:=compressed (launch: transport:=compressed) and remap image:={base}"
+                )
+            elif other == "sensor_msgs/msg/Image" and kind is CompressedImage:
+                fix = "set input.transport:=raw, or remap image to the base of a compressed topic"
+            else:
+                fix = "remap image to a sensor_msgs/Image topic (or its /compressed form with transport compressed)"
+            self._warn(f"type:{other}", f"{topic} has publishers of {other}, not {want}, so no frame arrives: {fix}",
+                       period_s=float("inf"))  # fmt: skip
+
     # ---------------------------------------------------------------- frames
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image | CompressedImage) -> None:
         now = time.monotonic()
-        self.stats.on_input(now)
+        self.stats.on_input(now, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
         if not self.config["realtime"]:
             self._process(msg, now)
             return
@@ -227,17 +258,19 @@ class SegNode(LifecycleNode):
     def _warn(self, kind: str, text: str, period_s: float = 2.0) -> None:
         """A warning rate-limited per kind, so one bad publisher cannot flood the log."""
         now = time.monotonic()
-        if now - self._warned.get(kind, -1e9) >= period_s:
+        last = self._warned.get(kind)
+        if last is None or now - last >= period_s:
             self._warned[kind] = now
             self.get_logger().warning(text)
 
-    def _process(self, msg: Image, received: float) -> None:
+    def _process(self, msg: Image | CompressedImage, received: float) -> None:
         stream, lut = self.stream, self._lut
         if stream is None or lut is None:
             return
         t0 = time.perf_counter()
+        compressed = isinstance(msg, CompressedImage)
         try:
-            rgb = image_to_rgb(msg)
+            rgb = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
         except ImageDecodeError as e:
             self.stats.on_skip()
             self._warn("decode", f"skipping image from '{msg.header.frame_id}': {e}")
@@ -245,7 +278,8 @@ class SegNode(LifecycleNode):
         t1 = time.perf_counter()
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         try:
-            result = stream.step(rgb, stamp_ns, encoding=msg.encoding, frame_id=msg.header.frame_id)
+            encoding = msg.format if compressed else msg.encoding
+            result = stream.step(rgb, stamp_ns, encoding=encoding, frame_id=msg.header.frame_id)
         except (RuntimeError, ValueError) as e:
             # A failure inside the model must not kill the node; the next frame starts from a key frame.
             stream.reset()
@@ -259,13 +293,15 @@ class SegNode(LifecycleNode):
         self._pubs["mask"].publish(make_image(msg.header, result.mask, "mono8"))
         cfg = self.config
         color_pub, overlay_pub = self._pubs["color"], self._pubs["overlay"]
-        colours = None
-        if cfg["publish.color"] and color_pub.get_subscription_count() > 0:
-            colours = colorize(result.mask, lut)
-            color_pub.publish(make_image(msg.header, colours, "rgb8"))
-        if cfg["publish.overlay"] and overlay_pub.get_subscription_count() > 0:
-            blended = overlay(rgb, result.mask, lut, cfg["publish.overlay_alpha"])
-            overlay_pub.publish(make_image(msg.header, blended, "rgb8"))
+        want_color = cfg["publish.color"] and color_pub.get_subscription_count() > 0
+        want_overlay = cfg["publish.overlay"] and overlay_pub.get_subscription_count() > 0
+        if want_color or want_overlay:
+            colours = colorize(result.mask, lut)  # once, shared by both topics
+            if want_color:
+                color_pub.publish(make_image(msg.header, colours, "rgb8"))
+            if want_overlay:
+                blended = blend(rgb, colours, cfg["publish.overlay_alpha"])
+                overlay_pub.publish(make_image(msg.header, blended, "rgb8"))
         t3 = time.perf_counter()
 
         stages = {"decode": (t1 - t0) * 1e3, **result.timings_ms, "publish": (t3 - t2) * 1e3}
@@ -291,6 +327,7 @@ class SegNode(LifecycleNode):
             time.monotonic(),
             expected_rate=self.config["diagnostics.expected_rate"],
             drop_warn_ratio=self.config["diagnostics.drop_warn_ratio"],
+            pause_s=self.config["temporal.max_gap_s"],
         )
         values = dict(report.values)
         values.update(

@@ -16,9 +16,12 @@ JSON written with ``--json`` (format ``vidseg-bench/1``)::
     netwarp_extra  {size: {flow_ms, flowcnn_warp_ms, extra_ms, fraction_of_perframe}}
     dis_fraction   {size: DIS flow time / per-frame model time}
     node_overhead  decode + encode + publish p50 at the first size, without the model
+    colour         {size: {colorize_ms, overlay_ms, total_ms, samples, cv_threads}} at the sizes plus 768x576:
+                   palette.colorize and palette.overlay p50 on a full-size mask of ids enlarged from 1/4 size
+                   (total: both, what the node spends when both topics are subscribed), one OpenCV thread
     node_latency   seg_node child: publish -> mask received p50/p90, node stage p50s, bare Stream.step p50
                    and the difference; or {"skipped": reason}
-    targets        [{name, size, value, limit, pass, detail}] for the issue's four targets
+    targets        [{name, size, value, limit, pass, detail}] for the issue's four targets and colour + overlay
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ METHODS = ("perframe", "netwarp", "twnet")
 REF_PIXELS = 640 * 480
 DEFAULT_WIDTH = 0.5
 STAGES = ("decode", "preprocess", "flow", "inference", "postprocess", "publish")
+COLOUR_SIZE = (768, 576)  # the camera size of the colour + overlay target
+COLOUR_LIMIT_MS = 2.0
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -225,6 +230,40 @@ def time_models(
     return samples
 
 
+def time_colour(size: tuple[int, int], samples: int = 50) -> dict[str, Any]:
+    """p50 of colouring a full-size mask and of the overlay, as the node runs them per published frame.
+
+    One OpenCV thread: the target is per core, and a pool on cores busy with inference measures the neighbours.
+    """
+    import cv2
+
+    from vidseg_ros.classes import SYNTH_PALETTE
+    from vidseg_ros.palette import colorize, overlay, palette_lut
+
+    w, h = size
+    rgb, lut = synthetic_frames(w, h, 1)[0], palette_lut(SYNTH_PALETTE)
+    # Ids at a quarter of the size, enlarged as Segmenter.to_mask enlarges them: regions, not noise.
+    small = (rgb[::4, ::4, 0] // 29).astype(np.uint8)
+    mask = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    times: dict[str, list[float]] = {"colorize_ms": [], "overlay_ms": []}
+    try:
+        for i in range(samples + 2):  # two warm-up rounds
+            t0 = time.perf_counter()
+            colorize(mask, lut)
+            t1 = time.perf_counter()
+            overlay(rgb, mask, lut, 0.5)
+            t2 = time.perf_counter()
+            if i >= 2:
+                times["colorize_ms"].append((t1 - t0) * 1e3)
+                times["overlay_ms"].append((t2 - t1) * 1e3)
+    finally:
+        cv2.setNumThreads(threads)
+    out = {name: p50(v) for name, v in times.items()}
+    return {**out, "total_ms": out["colorize_ms"] + out["overlay_ms"], "samples": samples, "cv_threads": 1}
+
+
 def _gflop(step: Any, *inputs: Any) -> float:
     """Multiply-adds x 2 of convolutions and matmuls (what FLOP counts usually mean), in GFLOP."""
     import torch
@@ -298,6 +337,9 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     target(
         "node_overhead_p50", ref, result["node_overhead"]["total_ms"], 3.0, "ms", "decode + encode + publish"
     )
+    size = "x".join(map(str, COLOUR_SIZE))
+    target("colour_overlay_p50", size, result["colour"][size]["total_ms"], COLOUR_LIMIT_MS, "ms",
+           "colorize + overlay, 1 OpenCV thread")  # fmt: skip
     return out
 
 
@@ -343,6 +385,14 @@ def print_report(result: dict[str, Any]) -> None:
     io = result["node_overhead"]
     print(f"\nNode overhead without the model at {io['size']} (p50): decode {io['decode_ms']:.3f} + encode "
           f"{io['encode_ms']:.3f} + publish {io['publish_ms']:.3f} = {io['total_ms']:.3f} ms")  # fmt: skip
+    print(f"\nColour + overlay per published frame, ms (p50, 1 OpenCV thread; target <= {COLOUR_LIMIT_MS:g} at "
+          f"{COLOUR_SIZE[0]}x{COLOUR_SIZE[1]})")  # fmt: skip
+    print(f"{'size':10} {'colorize':>9} {'overlay':>9} {'total':>9}")
+    for size, c in result["colour"].items():
+        verdict = ""
+        if size == "x".join(map(str, COLOUR_SIZE)):
+            verdict = "  PASS" if c["total_ms"] <= COLOUR_LIMIT_MS else "  MISS"
+        print(f"{size:10} {c['colorize_ms']:9.3f} {c['overlay_ms']:9.3f} {c['total_ms']:9.3f}{verdict}")
     nl = result["node_latency"]
     if "skipped" in nl:
         print(f"Node end-to-end: skipped ({nl['skipped']})")
@@ -472,6 +522,7 @@ def run(args: argparse.Namespace) -> int:
         "io": {},
         "netwarp_extra": {},
         "dis_fraction": {},
+        "colour": {},
     }
     from vidseg_ros.ros.bench_node import RosIO, node_latency
 
@@ -495,6 +546,8 @@ def run(args: argparse.Namespace) -> int:
                 }
                 result["dis_fraction"][lab] = flow / pf
         result["node_overhead"] = {"size": label[0], **result["io"][label[0]]}
+        for size in dict.fromkeys([*args.sizes, COLOUR_SIZE]):  # the bench sizes, then the target's
+            result["colour"]["x".join(map(str, size))] = time_colour(size)
         if args.node_frames > 0:
             print(f"seg_node end to end at {label[0]} ({args.node_frames} frames)...", flush=True)
             result["node_latency"] = node_latency(loaded["netwarp"], args.sizes[0], args, io)
