@@ -18,9 +18,10 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
+from vidseg_ros.imgcodec import decode_image, encode_compressed
 from vidseg_ros.ros.convert import make_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,11 +92,19 @@ class Harness:
     }
 
     def __init__(
-        self, image_topic: str, ns: str = "/", *, outputs: tuple[str, ...] = ("mask", "timing")
+        self,
+        image_topic: str,
+        ns: str = "/",
+        *,
+        outputs: tuple[str, ...] = ("mask", "timing"),
+        compressed: bool = False,
     ) -> None:
         self.node = rclpy.create_node(f"vidseg_test_{os.getpid()}_{abs(hash(image_topic)) % 10000}")
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self.pub = self.node.create_publisher(Image, image_topic, reliable)
+        # compressed: publish CompressedImage on <image_topic>/compressed, as image_transport does.
+        self.compressed = compressed
+        kind, topic = (CompressedImage, f"{image_topic}/compressed") if compressed else (Image, image_topic)
+        self.pub = self.node.create_publisher(kind, topic, reliable)
         self.image_topic = image_topic
         self.received: dict[str, list[tuple[float, object]]] = defaultdict(list)
         self._lock = threading.Lock()
@@ -161,7 +170,11 @@ class Harness:
                 return
         raise AssertionError(f"no mask came back from seg_node:\n{node.output}")
 
-    def publish(self, msg: Image) -> None:
+    def publish(self, msg: Image | CompressedImage) -> None:
+        """Publishes ``msg``; a raw Image sent to a compressed harness goes out PNG-compressed."""
+        if self.compressed and isinstance(msg, Image):
+            rgb = decode_image(msg.encoding, msg.width, msg.height, msg.step, msg.data)
+            msg = compressed(msg.header, rgb, "png")
         self.pub.publish(msg)
 
     def close(self) -> None:
@@ -178,6 +191,15 @@ def frame(
     header = Header(frame_id=frame_id)
     header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
     return make_image(header, rgb, encoding)
+
+
+def compressed(header: Header, rgb: np.ndarray, fmt: str) -> CompressedImage:
+    """A CompressedImage of ``rgb`` as compressed_image_transport writes it (``fmt``: jpeg or png)."""
+    msg = CompressedImage()
+    msg.header = header
+    msg.format, data = encode_compressed(rgb, fmt)
+    msg.data = data
+    return msg
 
 
 def stamp_of(msg) -> int:
