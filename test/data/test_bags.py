@@ -237,3 +237,130 @@ def test_cli_synth_rejects_bad_size(tmp_path, size, capsys):
     err = capsys.readouterr().err
     assert "WIDTHxHEIGHT" in err or "at least 16" in err
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------ compressed camera bags
+COMPRESSED_TOPIC = "/camera/image_raw/compressed"
+
+
+@pytest.mark.parametrize(("fmt", "storage"), [("png", "mcap"), ("jpeg", "mcap"), ("png", "sqlite3")])
+def test_compressed_synth_bag_round_trip(tmp_path, fmt, storage, expected):
+    path = tmp_path / "bag"
+    assert write_synth_bag(path, CFG, storage=storage, compressed=fmt, progress=False) == CFG.frames
+    info = bag_info(path)
+    # image_transport's naming: the camera's base topic plus /compressed; labels stay raw and lossless.
+    assert info["types"] == {
+        COMPRESSED_TOPIC: "sensor_msgs/msg/CompressedImage",
+        "/camera/labels": "sensor_msgs/msg/Image",
+    }
+    formats = {msg.format for _, _, msg in read_messages(path, COMPRESSED_TOPIC)}
+    assert formats == {f"rgb8; {fmt} compressed bgr8"}
+
+    got = list(read_frames(path, image_topic=COMPRESSED_TOPIC))
+    assert [f.stamp_ns for f in got] == STAMPS
+    for frame, (rgb, labels) in zip(got, expected, strict=True):
+        assert frame.image.shape == rgb.shape and frame.image.dtype == np.uint8
+        if fmt == "png":
+            assert np.array_equal(frame.image, rgb)
+        else:
+            # Quality 95 on a 96x72 street: about 2.7 on average; red and blue swapped would be about 9.
+            error = np.abs(frame.image.astype(np.int16) - rgb.astype(np.int16))
+            assert error.mean() < 4.0 and np.percentile(error, 99) < 40
+        assert np.array_equal(frame.labels, labels)
+
+
+def test_compressed_bag_reads_with_independent_reader(tmp_path, expected):
+    import cv2
+
+    path = tmp_path / "bag"
+    write_synth_bag(path, CFG, compressed="png", progress=False)
+    with open(path / "bag.mcap", "rb") as f:
+        decoded = [
+            (schema.name, channel.topic, message.log_time, msg)
+            for schema, channel, message, msg in make_reader(
+                f, decoder_factories=[DecoderFactory()]
+            ).iter_decoded_messages(topics=[COMPRESSED_TOPIC])
+        ]
+    assert len(decoded) == CFG.frames
+    for (schema, _, log_time, msg), (rgb, _), stamp in zip(decoded, expected, STAMPS, strict=True):
+        assert schema == "sensor_msgs/msg/CompressedImage" and log_time == stamp
+        assert msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == stamp
+        assert msg.header.frame_id == "camera"
+        # What any image_transport subscriber does: OpenCV decodes BGR.
+        bgr = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
+        assert np.array_equal(bgr[:, :, ::-1], rgb)
+
+
+def test_png_compressed_labels_are_exact_and_jpeg_labels_refused(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    labels = rng.integers(0, 9, (6, 8), dtype=np.uint8)
+    path = tmp_path / "bag"
+    with BagWriter(path) as bag:
+        bag.write_compressed_image("/cam/compressed", 7, "cam", rgb, "jpeg")
+        bag.write_compressed_image("/labels/compressed", 7, "cam", labels, "png")
+        bag.write_compressed_image("/jpeg_labels", 7, "cam", labels, "jpeg")
+    (frame,) = read_frames(path, image_topic="/cam/compressed", label_topic="/labels/compressed")
+    assert frame.stamp_ns == 7 and frame.frame_id == "cam" and frame.image.shape == (6, 8, 3)
+    assert np.array_equal(frame.labels, labels)
+    with pytest.raises(BagError, match="PNG-compressed"):
+        list(read_frames(path, image_topic="/cam/compressed", label_topic="/jpeg_labels"))
+
+
+def test_compressed_writer_rejects_bad_requests(tmp_path):
+    with BagWriter(tmp_path / "bag") as bag:
+        with pytest.raises(BagError, match="unsupported compression 'gif'"):
+            bag.write_compressed_image("/img", 1, "cam", np.zeros((4, 4, 3), np.uint8), "gif")
+        with pytest.raises(BagError, match="uint8"):
+            bag.write_compressed_image("/img", 1, "cam", np.zeros((4, 4, 3), np.float32), "png")
+        bag.write_image("/raw", 1, "cam", np.zeros((4, 4, 3), np.uint8), "rgb8")
+        with pytest.raises(BagError, match="already carries"):
+            bag.write_compressed_image("/raw", 2, "cam", np.zeros((4, 4, 3), np.uint8), "png")
+    with pytest.raises(ValueError, match="gif"):
+        write_synth_bag(tmp_path / "other", CFG, compressed="gif", progress=False)
+    assert not (tmp_path / "other").exists()
+
+
+def test_read_frames_refuses_topics_that_are_not_images(tmp_path):
+    path = tmp_path / "bag"
+    with BagWriter(path) as bag:
+        bag.write_image("/img", 1, "cam", np.zeros((4, 4, 3), np.uint8), "rgb8")
+        bag.write("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", {"header": {"stamp": 1}}, 1)
+    for topics in ({"image_topic": "/diagnostics"}, {"image_topic": "/img", "label_topic": "/diagnostics"}):
+        with pytest.raises(BagError, match="/diagnostics .* carries diagnostic_msgs/msg/DiagnosticArray"):
+            list(read_frames(path, **topics))
+
+
+def test_damaged_bags_raise_one_line_bag_errors(tmp_path):
+    path = tmp_path / "bag"
+    write_synth_bag(path, SynthConfig(seed=0, frames=1, width=32, height=24), progress=False)
+    (path / "metadata.yaml").write_text("rosbag2_bagfile_information: [\n")  # YAML explains over 4 lines
+    with pytest.raises(BagError) as err:
+        bag_info(path)
+    assert str(path) in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_cli_synth_writes_compressed_images(tmp_path, capsys, expected):
+    out = tmp_path / "bag"
+    args = ["synth", "--seed", "3", "--frames", "2", "--size", "96x72", "--fps", "10", "--out", str(out)]
+    assert main([*args, "--compressed", "png", "--no-progress"]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert f"png on {COMPRESSED_TOPIC}" in line
+    frames = list(read_frames(out, image_topic=COMPRESSED_TOPIC))
+    assert [np.array_equal(f.image, rgb) for f, (rgb, _) in zip(frames, expected, strict=False)] == [True] * 2
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_cli_eval_runs_on_a_compressed_bag(tmp_path, fmt, tiny_checkpoint, capsys):
+    import json
+
+    bag = tmp_path / "bag"
+    write_synth_bag(bag, CFG, compressed=fmt, progress=False)
+    report = tmp_path / "eval.json"
+    ckpt = str(tiny_checkpoint("netwarp"))
+    args = ["eval", "--checkpoint", ckpt, "--bag", str(bag), "--json", str(report), "--no-progress"]
+    assert main([*args, "--image-topic", COMPRESSED_TOPIC]) == 0
+    (result,) = json.loads(report.read_text())["results"]
+    assert result["labelled_frames"] == CFG.frames
+    assert 0.0 <= result["miou"] <= 1.0 and result["ms_per_frame"] > 0
+    assert "| netwarp" in capsys.readouterr().out

@@ -5,6 +5,7 @@ serialisation, embedded message definitions and offered QoS profiles, so ``ros2 
 
 >>> with BagWriter("/tmp/example_bag") as bag:                                   # doctest: +SKIP
 ...     bag.write_image("/camera/image_raw", stamp_ns, "camera", rgb, "rgb8")
+...     bag.write_compressed_image("/camera/image_raw/compressed", stamp_ns, "camera", rgb, "jpeg")
 ...     bag.write("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", {"header": {"stamp": stamp_ns}}, stamp_ns)
 >>> for frame in read_frames("/tmp/example_bag"):                               # doctest: +SKIP
 ...     print(frame.stamp_ns, frame.image.shape, frame.labels is None)
@@ -12,6 +13,8 @@ serialisation, embedded message definitions and offered QoS profiles, so ``ros2 
 
 from __future__ import annotations
 
+import sqlite3
+import struct
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -36,7 +39,7 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
-from ..imgcodec import ImageDecodeError, decode_compressed, decode_image, encode_image
+from ..imgcodec import ImageDecodeError, decode_compressed, decode_image, encode_compressed, encode_image
 
 if TYPE_CHECKING:
     from .synth import SynthConfig
@@ -44,6 +47,9 @@ if TYPE_CHECKING:
 #: Header stamp of the first synthetic frame (2023-11-14T22:13:20Z); a fixed epoch keeps bags reproducible.
 SYNTH_EPOCH_NS = 1_700_000_000 * 10**9
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
+#: What image_transport appends to a camera's base topic for the compressed transport.
+COMPRESSED_SUFFIX = "/compressed"
 #: ``custom_data`` key of ``metadata.yaml`` that marks a bag rendered by ``vidseg synth``.
 SYNTHETIC_KEY = "vidseg.synthetic"
 _STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
@@ -70,6 +76,18 @@ _NUMPY = {
 
 class BagError(Exception):
     """A bag that cannot be read or written (missing path, bad storage, undecodable message)."""
+
+
+# What rosbags lets through from a damaged file besides its own errors (found by flipping bytes of mcap and
+# sqlite3 bags): bogus lengths, non-UTF-8 strings, short structs, a damaged database.
+_CORRUPT = (AnyReaderError, SerdeError, ValueError, OverflowError, IndexError, KeyError, struct.error,
+            sqlite3.Error, EOFError)  # fmt: skip
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an error's message: parsers (YAML) explain over several lines, users read one."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 @lru_cache(maxsize=1)
@@ -232,6 +250,32 @@ class BagWriter:
         }
         self.write(topic, IMAGE_TYPE, msg, stamp_ns)
 
+    def write_compressed_image(
+        self,
+        topic: str,
+        stamp_ns: int,
+        frame_id: str,
+        array: np.ndarray,
+        format: str = "jpeg",
+        quality: int = 95,
+    ) -> None:
+        """Writes a ``sensor_msgs/msg/CompressedImage`` whose header stamp and log time are both ``stamp_ns``.
+
+        ``array`` is RGB ``[H, W, 3]`` or mono ``[H, W]`` uint8, compressed as compressed_image_transport does
+        (``format`` ``"jpeg"`` or ``"png"``, the message's format string says e.g. ``"rgb8; jpeg compressed
+        bgr8"``). ``quality`` is the JPEG quality. image_transport publishes on ``<base topic>/compressed``.
+        """
+        try:
+            fmt, data = encode_compressed(array, format, quality)
+        except ImageDecodeError as e:
+            raise BagError(f"cannot compress image for {topic}: {e}") from e
+        msg = {
+            "header": {"stamp": int(stamp_ns), "frame_id": frame_id},
+            "format": fmt,
+            "data": np.frombuffer(data, np.uint8),
+        }
+        self.write(topic, COMPRESSED_IMAGE_TYPE, msg, stamp_ns)
+
 
 def _open(path: str | Path) -> AnyReader:
     path = Path(path)
@@ -239,8 +283,8 @@ def _open(path: str | Path) -> AnyReader:
         raise BagError(f"bag not found: {path}")
     try:
         return AnyReader([path], default_typestore=typestore())
-    except (AnyReaderError, OSError) as e:
-        raise BagError(f"cannot open bag {path}: {e}") from e
+    except (*_CORRUPT, OSError) as e:
+        raise BagError(f"cannot open bag {path}: {_one_line(e)}") from e
 
 
 def read_messages(
@@ -260,8 +304,8 @@ def read_messages(
                 return
             for conn, log_ns, raw in reader.messages(connections=conns):
                 yield conn.topic, log_ns, reader.deserialize(raw, conn.msgtype)
-    except AnyReaderError as e:
-        raise BagError(f"cannot read bag {path}: {e}") from e
+    except (*_CORRUPT, OSError) as e:
+        raise BagError(f"cannot read bag {path}: {_one_line(e)}") from e
 
 
 @dataclass
@@ -309,12 +353,18 @@ def read_frames(
     ``max_pending`` images.
 
     Raises:
-        BagError: Missing bag, no such image topic, or undecodable images.
+        BagError: Missing bag, no such image topic, a topic of another message type, or undecodable images.
     """
     info = bag_info(path)
     if image_topic not in info["topics"]:
         raise BagError(f"bag {path} has no topic {image_topic} (topics: {sorted(info['topics'])})")
     has_labels = label_topic in info["topics"]
+    for topic in (image_topic, label_topic) if has_labels else (image_topic,):
+        if info["types"][topic] not in (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE):
+            raise BagError(
+                f"topic {topic} of bag {path} carries {info['types'][topic]}, not {IMAGE_TYPE} or "
+                f"{COMPRESSED_IMAGE_TYPE}"
+            )
     pending: deque[tuple[int, Any]] = deque()  # (stamp, image message) in bag order, waiting for labels
     labels: OrderedDict[int, np.ndarray] = OrderedDict()  # stamp -> labels that arrived first
 
@@ -362,8 +412,8 @@ def bag_info(path: str | Path) -> dict[str, Any]:
                 "duration_ns": int(end - start),
                 "duration_s": (end - start) / 1e9,
             }
-    except AnyReaderError as e:
-        raise BagError(f"cannot read bag {path}: {e}") from e
+    except (*_CORRUPT, OSError) as e:
+        raise BagError(f"cannot read bag {path}: {_one_line(e)}") from e
 
 
 def custom_data(path: str | Path) -> dict[str, str]:
@@ -388,12 +438,17 @@ def write_synth_bag(
     image_topic: str = "/camera/image_raw",
     label_topic: str = "/camera/labels",
     frame_id: str = "camera",
+    compressed: str | None = None,
     progress: bool = True,
 ) -> int:
     """Renders a synthetic sequence into a bag: rgb8 images and mono8 labels with identical stamps.
 
     Stamps start at :data:`SYNTH_EPOCH_NS` and are spaced ``1 / cfg.fps``; each message's log time equals
     its header stamp. Returns the number of frames written.
+
+    With ``compressed`` the images are ``sensor_msgs/CompressedImage`` on ``<image_topic>/compressed``, as a
+    camera recorded through image_transport's compressed transport; the labels stay lossless mono8 Images on
+    ``label_topic`` (ground truth is not camera output, and JPEG would change class ids).
 
     Args:
         path: Bag directory to create (must not exist).
@@ -402,13 +457,21 @@ def write_synth_bag(
         image_topic: Topic of the RGB images.
         label_topic: Topic of the label images.
         frame_id: ``header.frame_id`` of both.
+        compressed: None for rgb8 Images, else ``"jpeg"`` or ``"png"``.
         progress: Show a tqdm progress bar on stderr.
+
+    Raises:
+        BagError: The bag cannot be created or written.
+        ValueError: An invalid ``cfg`` or ``compressed``.
     """
     from tqdm import tqdm
 
     from .synth import generate  # deferred: reading bags should not import the renderer
 
+    if compressed not in (None, "jpeg", "png"):
+        raise ValueError(f"unknown compression {compressed!r} (expected jpeg or png)")
     frames = generate(cfg)  # validates cfg before the bag directory is created
+    topic = image_topic + COMPRESSED_SUFFIX if compressed else image_topic
     count = 0
     with (
         BagWriter(path, storage) as bag,
@@ -417,7 +480,10 @@ def write_synth_bag(
         bag.set_custom_data(SYNTHETIC_KEY, f"vidseg synth seed {cfg.seed}")
         for rgb, labels in frames:
             stamp = SYNTH_EPOCH_NS + round(count * 1e9 / cfg.fps)
-            bag.write_image(image_topic, stamp, frame_id, rgb, "rgb8")
+            if compressed:
+                bag.write_compressed_image(topic, stamp, frame_id, rgb, compressed)
+            else:
+                bag.write_image(topic, stamp, frame_id, rgb, "rgb8")
             bag.write_image(label_topic, stamp, frame_id, labels, "mono8")
             count += 1
             bar.update(1)
@@ -428,7 +494,10 @@ __all__ = [
     "BagError",
     "BagFrame",
     "BagWriter",
+    "COMPRESSED_IMAGE_TYPE",
+    "COMPRESSED_SUFFIX",
     "DEFAULT_QOS",
+    "IMAGE_TYPE",
     "SYNTHETIC_KEY",
     "SYNTH_EPOCH_NS",
     "bag_info",

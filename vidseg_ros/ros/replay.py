@@ -1,5 +1,9 @@
 """Replay a bag into a running seg_node over DDS and record what it publishes, as ``ros2 bag play`` and
 ``ros2 bag record`` would, with send and receive times kept for end-to-end latency.
+
+Raw bags are played as rgb8 Images on the node's input topic. CompressedImage bags are played as recorded
+(format string and JPEG/PNG bytes untouched) on ``<input>/compressed``, where image_transport puts them and
+where seg_node listens with ``input.transport:=compressed``: the node decodes what the camera sent.
 """
 
 from __future__ import annotations
@@ -12,13 +16,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
+from vidseg_ros.data.bags import (
+    COMPRESSED_IMAGE_TYPE,
+    COMPRESSED_SUFFIX,
+    IMAGE_TYPE,
+    read_messages,
+    stamp_to_ns,
+)
 from vidseg_ros.ros.convert import make_image
 
 #: topic (relative to the node's namespace) -> (message class, ROS type name) recorded from seg_node.
@@ -28,6 +40,48 @@ RECORDED = {
     "semantic_mask/timing": (DiagnosticArray, "diagnostic_msgs/msg/DiagnosticArray"),
     "/diagnostics": (DiagnosticArray, "diagnostic_msgs/msg/DiagnosticArray"),
 }
+
+
+#: input.transport of seg_node for each image message type a bag can hold.
+TRANSPORTS = {IMAGE_TYPE: "raw", COMPRESSED_IMAGE_TYPE: "compressed"}
+
+
+@dataclass(frozen=True)
+class CompressedFrame:
+    """A CompressedImage as recorded: compressed_image_transport's format string, the stream and frame_id."""
+
+    format: str
+    data: bytes
+    frame_id: str = "camera"
+
+
+def node_input(bag_topic: str, msgtype: str) -> tuple[str, str]:
+    """Where seg_node's ``image`` must point to receive ``bag_topic``, and its ``input.transport``.
+
+    A compressed topic is named ``<base>/compressed`` by image_transport; the node is remapped to the base and
+    adds ``/compressed`` itself. A compressed topic without that suffix is played on ``<topic>/compressed``.
+
+    Raises:
+        ValueError: ``msgtype`` is not sensor_msgs/msg/Image or CompressedImage.
+    """
+    transport = TRANSPORTS.get(msgtype)
+    if transport is None:
+        raise ValueError(f"topic {bag_topic} carries {msgtype}, not {IMAGE_TYPE} or {COMPRESSED_IMAGE_TYPE}")
+    if transport == "compressed":
+        return bag_topic.removesuffix(COMPRESSED_SUFFIX) or bag_topic, transport
+    return bag_topic, transport
+
+
+def compressed_frames(bag: str | Path, topic: str) -> list[tuple[int, CompressedFrame]]:
+    """``(header stamp ns, CompressedFrame)`` of every CompressedImage on ``topic``, in bag order.
+
+    Raises:
+        BagError: Missing or unreadable bag.
+    """
+    return [
+        (stamp_to_ns(m.header.stamp), CompressedFrame(m.format, bytes(m.data), m.header.frame_id))
+        for _, _, m in read_messages(bag, topic)
+    ]
 
 
 def seg_node_executable() -> str | None:
@@ -49,13 +103,30 @@ class Recording:
 
 
 class Replayer:
-    """Publishes frames on ``image_topic`` at their recorded rate and records seg_node's outputs."""
+    """Publishes frames at their recorded rate and records seg_node's outputs.
 
-    def __init__(self, image_topic: str = "/camera/image_raw", *, frame_id: str = "camera") -> None:
+    Args:
+        image_topic: The node's input (what its ``image`` is remapped to).
+        transport: ``"raw"``: rgb8 Images on ``image_topic``; ``"compressed"``: CompressedImages on
+            ``image_topic/compressed``.
+        frame_id: ``header.frame_id`` of raw frames (compressed frames keep their own).
+    """
+
+    def __init__(
+        self, image_topic: str = "/camera/image_raw", *, transport: str = "raw", frame_id: str = "camera"
+    ) -> None:
+        if transport not in ("raw", "compressed"):
+            raise ValueError(f"transport must be raw or compressed, got {transport!r}")
         self.node: Node = rclpy.create_node("vidseg_replay")
         self.frame_id = frame_id
+        self.transport = transport
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        self.pub = self.node.create_publisher(Image, image_topic, reliable)
+        if transport == "compressed":
+            self.topic = image_topic + COMPRESSED_SUFFIX
+            self.pub = self.node.create_publisher(CompressedImage, self.topic, reliable)
+        else:
+            self.topic = image_topic
+            self.pub = self.node.create_publisher(Image, self.topic, reliable)
         self.recording = Recording()
         self._lock = threading.Lock()
         for topic, (kind, _) in RECORDED.items():
@@ -85,25 +156,44 @@ class Replayer:
             time.sleep(0.05)
         return False
 
-    def play(self, frames: Iterable[tuple[int, object]], *, rate: float = 1.0, progress=None) -> None:
-        """Publish ``(stamp_ns, rgb)`` pairs, spaced by their stamp differences divided by ``rate``."""
-        from std_msgs.msg import Header
+    def play(
+        self,
+        frames: Iterable[tuple[int, np.ndarray | CompressedFrame]],
+        *,
+        rate: float = 1.0,
+        progress=None,
+    ) -> None:
+        """Publish ``(stamp_ns, frame)`` pairs, spaced by their stamp differences divided by ``rate``.
 
+        Frames are RGB arrays for the raw transport and :class:`CompressedFrame` for the compressed one.
+        """
         start_wall = first_stamp = None
-        for stamp_ns, rgb in frames:
+        for stamp_ns, frame in frames:
             if start_wall is None:
                 start_wall, first_stamp = time.monotonic(), stamp_ns
             due = start_wall + (stamp_ns - first_stamp) / 1e9 / rate
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            header = Header(frame_id=self.frame_id)
-            header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-            msg = make_image(header, rgb, "rgb8")
+            msg = self._message(stamp_ns, frame)
             self.recording.sent[stamp_ns] = time.monotonic()
             self.pub.publish(msg)
             if progress is not None:
                 progress.update(1)
+
+    def _message(self, stamp_ns: int, frame: np.ndarray | CompressedFrame) -> Image | CompressedImage:
+        from std_msgs.msg import Header
+
+        compressed = isinstance(frame, CompressedFrame)
+        if compressed != (self.transport == "compressed"):
+            raise TypeError(f"a {type(frame).__name__} cannot be played with the {self.transport} transport")
+        header = Header(frame_id=frame.frame_id if compressed else self.frame_id)
+        header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+        if not compressed:
+            return make_image(header, frame, "rgb8")
+        msg = CompressedImage(header=header, format=frame.format)
+        msg.data = frame.data
+        return msg
 
     def drain(self, expected: int, timeout: float, quiet_s: float = 1.5) -> None:
         """Wait until ``expected`` masks arrived, or none arrived for ``quiet_s``, or ``timeout`` passed."""

@@ -447,6 +447,48 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- main
+#: DIS refuses smaller images (OpenCV asserts on the pyramid); 12x12 passes with every preset.
+DIS_MIN_SIDE = 12
+
+
+def _output_problem(path: Path, option: str) -> str | None:
+    """Why ``path`` cannot be written at the end of the run (its folder is created now), or None."""
+    if path.is_dir():
+        return f"{option} {path} is a folder, not a file"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"{option} {path}: cannot create its folder ({e.strerror or e})"
+    if not os.access(path.parent, os.W_OK):
+        return f"{option} {path}: its folder is not writable"
+    return None
+
+
+def _request_problem(args: argparse.Namespace) -> str | None:
+    """The first option that would fail the run (minutes in, for the output paths), or None."""
+    if args.key_interval < 1 or args.repeats < 1 or not args.sizes or args.threads < 0:
+        return "--key-interval/--repeats must be >= 1, --threads >= 0, --sizes non-empty"
+    if args.flow_downscale < 1:
+        return f"--flow-downscale must be >= 1, got {args.flow_downscale}"
+    if args.width_mult is not None and not args.width_mult > 0:
+        return f"--width-mult must be > 0, got {args.width_mult:g}"
+    for w, h in args.sizes:
+        fw, fh = w // args.flow_downscale, h // args.flow_downscale
+        if min(fw, fh) < DIS_MIN_SIDE:
+            return (
+                f"--sizes {w}x{h} with --flow-downscale {args.flow_downscale} gives {fw}x{fh} flow; DIS needs at "
+                f"least {DIS_MIN_SIDE}x{DIS_MIN_SIDE}"
+            )
+    if args.checkpoint_dir is not None and not args.checkpoint_dir.is_dir():
+        return f"--checkpoint-dir {args.checkpoint_dir} is not a folder"
+    png = args.plot or (args.json.with_suffix(".png") if args.json else None)
+    for path, option in ((args.json, "--json"), (png, "--plot")):
+        problem = path and _output_problem(path, option)
+        if problem:
+            return problem
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -454,11 +496,9 @@ def run(args: argparse.Namespace) -> int:
     from vidseg_ros.runtime.backends import BackendUnavailable, select_backend
     from vidseg_ros.runtime.checkpoint import file_hash
 
-    if args.key_interval < 1 or args.repeats < 1 or not args.sizes or args.threads < 0:
-        print(
-            "vidseg bench: --key-interval/--repeats must be >= 1, --threads >= 0, --sizes non-empty",
-            file=sys.stderr,
-        )
+    problem = _request_problem(args)
+    if problem:
+        print(f"vidseg bench: error: {problem}", file=sys.stderr)
         return 2
     started = time.monotonic()
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
@@ -483,7 +523,11 @@ def run(args: argparse.Namespace) -> int:
     }
     machine["summary"] = f"{cores} cores, torch {torch.__version__} ({machine['threads']} threads)"
     print(f"vidseg bench on {machine['summary']} [{threads_note}]")
-    loaded = load_models(args)
+    try:
+        loaded = load_models(args)
+    except ValueError as e:  # an architecture build_model refuses
+        print(f"vidseg bench: error: {e}", file=sys.stderr)
+        return 2
     for method, x in loaded.items():
         print(f"  {method:9} {x.source}")
     try:
@@ -498,7 +542,7 @@ def run(args: argparse.Namespace) -> int:
             for m, x in loaded.items()
         }
     except (BackendUnavailable, ValueError) as e:
-        print(f"vidseg bench: {e}", file=sys.stderr)
+        print(f"vidseg bench: error: {e}", file=sys.stderr)
         return 2
     backend = backends["perframe"]
     print(f"  backend {backend.name} ({backend.precision}) on {backend.device}: {backend.reason}")
@@ -562,12 +606,17 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\n(load average {machine['loadavg_start'][0]:.2f} at start, {machine['loadavg_end'][0]:.2f} at end; {machine['wall_s']:.0f} s)"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.json}")
     png = args.plot or (args.json.with_suffix(".png") if args.json else None)
-    if png:
-        plot(result, png)
-        print(f"wrote {png}")
+    try:
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
+            print(f"wrote {args.json}")
+        if png:
+            plot(result, png)
+            print(f"wrote {png}")
+    except OSError as e:  # checked at the start, but the disk can fill or the folder go in the meantime
+        print(
+            f"vidseg bench: error: cannot write {e.filename or args.json}: {e.strerror or e}", file=sys.stderr
+        )
+        return 2
     return 0

@@ -25,6 +25,10 @@ MANIFEST_FORMAT = "vidseg-onnx-export/1"
 CHAIN_FRAMES = 5
 
 
+class ExportError(Exception):
+    """An export request that cannot be carried out (option or output path); one line for the user."""
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"WxH"`` -> ``(W, H)``."""
     try:
@@ -154,16 +158,15 @@ def _run_onnx(args: argparse.Namespace) -> int:
     from vidseg_ros.runtime.steps import default_flow_hw, step_specs
 
     if args.opset < 17:
-        print(
-            f"vidseg export: --opset must be >= 17 (GridSample and friends), got {args.opset}",
-            file=sys.stderr,
-        )
-        return 2
+        raise ExportError(f"--opset must be >= 17 (GridSample and friends), got {args.opset}")
     model, meta, ckpt, image_hw = _load(args)
     flow_hw = default_flow_hw(image_hw, args.flow_downscale)
     specs = {s.name: s for s in step_specs(model, image_hw, flow_hw)}
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create output folder {out}: {e.strerror or e}") from e
     h, w = image_hw
     steps: dict[str, Any] = {}
     sessions = {}
@@ -219,7 +222,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
     print(f"wrote {len(steps)} step(s) and {out / 'manifest.json'}")
     if not ok:
         print(
-            f"vidseg export: ONNX outputs differ from PyTorch by more than {args.tolerance:g}",
+            f"vidseg export: error: ONNX outputs differ from PyTorch by more than {args.tolerance:g}",
             file=sys.stderr,
         )
         return 1
@@ -246,6 +249,11 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
         return 2
     model, meta, ckpt, image_hw = _load(args)
     cache = EngineCache(args.cache_dir, suffix=TRT_SUFFIX)
+    try:
+        # The cache would create it at the first engine, minutes into the build.
+        cache.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create engine cache {cache.root}: {e.strerror or e}") from e
     backend = TensorRTBackend(model, precision=precision, cache=cache, model_hash=file_hash(ckpt))
     specs = step_specs(backend.model, image_hw, default_flow_hw(image_hw, args.flow_downscale))
     h, w = image_hw
@@ -263,10 +271,13 @@ def _run_tensorrt(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exports; returns 0, 1 when ONNX and PyTorch disagree, 2 for a bad checkpoint, option or output path."""
     from vidseg_ros.runtime.checkpoint import CheckpointError
 
     try:
+        if args.flow_downscale < 1:
+            raise ExportError(f"--flow-downscale must be >= 1, got {args.flow_downscale}")
         return _run_onnx(args) if args.format == "onnx" else _run_tensorrt(args)
-    except CheckpointError as e:
-        print(f"vidseg export: {e}", file=sys.stderr)
+    except (CheckpointError, ExportError) as e:
+        print(f"vidseg export: error: {e}", file=sys.stderr)
         return 2

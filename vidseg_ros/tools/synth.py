@@ -3,6 +3,7 @@
 Example::
 
     vidseg synth --seed 3 --frames 120 --size 640x480 --out bags/street_3
+    vidseg synth --seed 3 --compressed jpeg --out bags/street_3_jpeg   # images on /camera/image_raw/compressed
 """
 
 from __future__ import annotations
@@ -62,8 +63,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage", choices=("mcap", "sqlite3"), default="mcap", help="bag storage (default: mcap)"
     )
-    parser.add_argument("--image-topic", default="/camera/image_raw", help="RGB image topic")
+    parser.add_argument(
+        "--image-topic",
+        default="/camera/image_raw",
+        help="RGB image topic; with --compressed the base topic, as image_transport names it",
+    )
     parser.add_argument("--label-topic", default="/camera/labels", help="label image topic (mono8 class ids)")
+    parser.add_argument(
+        "--compressed",
+        choices=("jpeg", "png"),
+        help="write the images as sensor_msgs/CompressedImage (JPEG quality 95, or PNG) on IMAGE_TOPIC/compressed, "
+        "as a camera recorded through image_transport; labels stay lossless mono8 Images",
+    )
     parser.add_argument("--frame-id", default="camera", help="header.frame_id of both topics")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
@@ -89,14 +100,17 @@ def run(args: argparse.Namespace) -> int:
             image_topic=args.image_topic,
             label_topic=args.label_topic,
             frame_id=args.frame_id,
+            compressed=args.compressed,
             progress=not args.no_progress,
         )
     except (BagError, ValueError) as e:
         print(f"vidseg synth: error: {e}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
+    # Name the image topic when it is not the one every other command assumes by default.
+    where = f", images {args.compressed} on {args.image_topic}/compressed" if args.compressed else ""
     print(
         f"synth: wrote {count} frames of {width}x{height} (seed {args.seed}, speed {args.speed:g}, {args.fps:g} fps, "
-        f"{args.storage}) to {args.out} in {seconds:.1f} s"
+        f"{args.storage}{where}) to {args.out} in {seconds:.1f} s"
     )
     return 0
