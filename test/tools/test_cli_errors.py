@@ -189,6 +189,16 @@ CASES: list[Case] = [
      lambda i: (i.corrupt_bag / "metadata.yaml", "YAML")),
     ("demo-out-blocked", lambda i: [*_demo(i), "--out", i.blocked], lambda i: (i.blocked,)),
     ("demo-rate", lambda i: [*_demo(i), "--rate", "0"], lambda i: ("--rate", "0")),
+    ("eval-json-blocked",
+     lambda i: ["eval", "--json", i.blocked / "e.json", "--no-progress", "--checkpoint", i.ckpt, "--bag", i.bag],
+     lambda i: (i.blocked / "e.json",)),
+    ("eval-flow-downscale", lambda i: _eval(i, "--checkpoint", i.ckpt, "--bag", i.bag, "--flow-downscale", "0"),
+     lambda i: ("--flow-downscale",)),
+    ("eval-size-below-dis", lambda i: _eval(i, "--checkpoint", i.ckpt, "--bag", i.bag, "--size", "16x16"),
+     lambda i: ("16x16",)),
+    ("train-out-blocked",
+     lambda i: _train(i, "--bag", i.bag, "--size", "32x32", "--device", "cpu", out=i.blocked / "t.pt"),
+     lambda i: (i.blocked / "t.pt",)),
 ]  # fmt: skip
 
 
@@ -208,25 +218,3 @@ def test_demo_checks_a_given_bag_before_creating_the_output_folder(capsys, input
     out = inputs.root / "never_made"
     fails_in_one_line(capsys, [*_demo(inputs, bag=inputs.missing), "--out", out], inputs.missing)
     assert not out.exists()
-
-
-# Not yet one line: eval.py and train.py write their outputs without catching OSError, and eval passes
-# --flow-downscale and small sizes through to the flow. Strict, so fixing them flags these for promotion.
-NOT_YET: list[Case] = [
-    ("eval-json-blocked",
-     lambda i: ["eval", "--json", i.blocked / "e.json", "--no-progress", "--checkpoint", i.ckpt, "--bag", i.bag],
-     lambda i: (i.blocked / "e.json",)),
-    ("eval-flow-downscale", lambda i: _eval(i, "--checkpoint", i.ckpt, "--bag", i.bag, "--flow-downscale", "0"),
-     lambda i: ("--flow-downscale",)),
-    ("eval-size-below-dis", lambda i: _eval(i, "--checkpoint", i.ckpt, "--bag", i.bag, "--size", "16x16"),
-     lambda i: ("16x16",)),
-    ("train-out-blocked",
-     lambda i: _train(i, "--bag", i.bag, "--size", "32x32", "--device", "cpu", out=i.blocked / "t.pt"),
-     lambda i: (i.blocked / "t.pt",)),
-]  # fmt: skip
-
-
-@pytest.mark.xfail(strict=True, reason="eval.py/train.py: outside this change (see the report)")
-@pytest.mark.parametrize(("argv", "named"), [c[1:] for c in NOT_YET], ids=[c[0] for c in NOT_YET])
-def test_not_yet_one_line(capsys, inputs, argv, named):
-    fails_in_one_line(capsys, argv(inputs), *named(inputs))

@@ -75,5 +75,10 @@ class DISFlow:
         if frame.shape != prev_frame.shape:
             raise FlowError(f"frame shapes differ: {frame.shape} vs {prev_frame.shape}")
         # DIS.calc(I0, I1) returns f with I0(x) ~ I1(x + f(x)); I0 = current frame gives reverse flow.
-        flow = self._dis.calc(self._gray(frame), self._gray(prev_frame), None)
+        current, previous = self._gray(frame), self._gray(prev_frame)
+        try:
+            flow = self._dis.calc(current, previous, None)
+        except cv2.error as e:  # DIS refuses frames smaller than its patches (about 12x12)
+            h, w = current.shape
+            raise FlowError(f"DIS cannot compute flow on {w}x{h} frames (too small)") from e
         return np.ascontiguousarray(flow.transpose(2, 0, 1), dtype=np.float32)

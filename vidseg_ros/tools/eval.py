@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vidseg_ros.tools.synth import parse_size
-from vidseg_ros.tools.train import add_data_arguments
+from vidseg_ros.tools.train import add_data_arguments, unwritable
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -166,6 +166,15 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.flow_downscale < 1:
+        print(
+            f"vidseg eval: error: --flow-downscale must be >= 1, got {args.flow_downscale}", file=sys.stderr
+        )
+        return 2
+    for path in (args.json, args.plot):
+        if path is not None and (problem := unwritable(path)):
+            print(f"vidseg eval: error: cannot write {path}: {problem}", file=sys.stderr)
+            return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -15,10 +15,27 @@ Several processes (GPUs, or CPU workers with gloo)::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from vidseg_ros.tools.synth import parse_size
+
+
+def unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at ``path`` (checked before a long run, not after it), or None.
+
+    Creates the parent folders, as writing would.
+    """
+    if path.is_dir():
+        return "it is a folder"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return e.strerror or str(e)
+    if not os.access(path.parent, os.W_OK):
+        return f"{path.parent} is not writable"
+    return None
 
 
 def add_data_arguments(p: argparse.ArgumentParser, *, split: str) -> None:
@@ -175,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
         save_every=args.save_every,
         progress=args.progress,
     )
+    if problem := unwritable(args.out):
+        print(f"vidseg train: error: cannot write {args.out}: {problem}", file=sys.stderr)
+        return 2
     try:
         train(cfg)
     except (ValueError, CheckpointError, ResumeError, PretrainedWeightsError) as e:

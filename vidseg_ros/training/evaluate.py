@@ -27,6 +27,7 @@ from vidseg_ros.classes import ClassTable
 from vidseg_ros.data.datasets.base import DatasetError, VideoDataset
 from vidseg_ros.metrics import SequenceMetrics, confusion, iou_per_class, mean_iou, warp_labels
 from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL
+from vidseg_ros.motion.flow import FlowError
 from vidseg_ros.runtime.checkpoint import load_checkpoint, resolve_checkpoint
 from vidseg_ros.runtime.segmenter import Segmenter, flow_image, resize_image
 from vidseg_ros.runtime.steps import default_flow_hw
@@ -83,7 +84,11 @@ def _warm_up(segmenter: Segmenter, dataset: VideoDataset) -> None:
     """One key and one non-key step on a throw-away stream, so lazy initialisation is not timed."""
     stream = Stream(segmenter, max_gap_s=math.inf)
     for i, frame in enumerate(dataset.iter_frames(dataset.sequences[0])):
-        stream.step(frame.image, frame.stamp_ns, frame_id=frame.frame_id)
+        try:
+            stream.step(frame.image, frame.stamp_ns, frame_id=frame.frame_id)
+        except FlowError as e:
+            w, h = segmenter.input_size
+            raise FlowError(f"inference size {w}x{h}: {e}; raise --size or lower --flow-downscale") from e
         if i >= 1:
             break
 
