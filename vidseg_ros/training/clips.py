@@ -251,12 +251,6 @@ def collate_clips(items: Sequence[dict[str, Tensor | None | str]]) -> Batch | Da
     )
 
 
-def _one_thread(_: int) -> None:
-    """Each loader process decodes with one thread: ``workers`` processes already share the cores."""
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
 class StreamingClips:
     """Training batches of augmented clips from a dataset, loaded by ``workers`` processes ahead of the step."""
 
@@ -324,7 +318,8 @@ class StreamingClips:
             num_workers=self.workers,
             collate_fn=collate_clips,
             pin_memory=self.pin_memory,
-            worker_init_fn=_one_thread,
+            # No worker_init_fn that sets OpenCV or torch thread counts: in a worker forked from a process
+            # whose thread pools have run, that call hung for good (the netwarp stage of a Cityscapes run).
         )
         for batch in loader:
             if isinstance(batch, DatasetError):
