@@ -60,11 +60,15 @@ def generate_launch_description() -> LaunchDescription:
                 description="Checkpoint file or shipped name (selects the method).",
             ),
             DeclareLaunchArgument("device", default_value="", description="auto | cpu | cuda."),
-            DeclareLaunchArgument("backend", default_value="", description="auto | torch | tensorrt."),
+            DeclareLaunchArgument(
+                "backend", default_value="", description="auto | torch | tensorrt | onnxruntime."
+            ),
             DeclareLaunchArgument("precision", default_value="", description="fp32 | fp16 | bf16."),
             DeclareLaunchArgument("reliability", default_value="", description="best_effort | reliable."),
             DeclareLaunchArgument(
-                "transport", default_value="", description="raw | compressed (subscribes to <image>/compressed)."
+                "transport",
+                default_value="",
+                description="raw | compressed (subscribes to <image>/compressed).",
             ),
             DeclareLaunchArgument("realtime", default_value="", description="false processes every frame."),
             OpaqueFunction(function=_node),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,11 @@ import pytest
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
+# Engines and onnxruntime sessions that tests (and the nodes they start, which inherit this) build go to a
+# cache of this run, never into the user's ~/.cache, whose entries could also change what a test sees.
+_ENGINE_CACHE = tempfile.mkdtemp(prefix="vidseg-test-engines-")
+os.environ["VIDSEG_ENGINE_CACHE"] = _ENGINE_CACHE
+atexit.register(shutil.rmtree, _ENGINE_CACHE, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 

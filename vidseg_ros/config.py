@@ -60,8 +60,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "model.backend",
         "auto",
-        "auto: TensorRT when torch-tensorrt and CUDA are present, else PyTorch on model.device; torch; tensorrt.",
-        choices=("auto", "torch", "tensorrt"),
+        "auto: TensorRT when torch-tensorrt and CUDA are present, else PyTorch on CUDA, else onnxruntime on "
+        "the CPU (PyTorch if it fails); torch; tensorrt; onnxruntime (CPU, or CUDA with onnxruntime-gpu).",
+        choices=("auto", "torch", "tensorrt", "onnxruntime"),
         read_only=True,
     ),
     ParamSpec(

@@ -27,11 +27,13 @@ from vidseg_ros.runtime.backends import (
 from vidseg_ros.runtime.engine_cache import EngineCache
 
 NO_TRT = "torch_tensorrt not importable (not installed)"
+NO_ORT = "onnxruntime not importable (not installed)"
 
 
-def _machine(monkeypatch: pytest.MonkeyPatch, *, trt: bool, gpu: str | None) -> None:
+def _machine(monkeypatch: pytest.MonkeyPatch, *, trt: bool, gpu: str | None, ort: bool = False) -> None:
     monkeypatch.setattr(backends, "torch_tensorrt_problem", lambda: None if trt else NO_TRT)
     monkeypatch.setattr(backends, "cuda_device_name", lambda: gpu)
+    monkeypatch.setattr(backends, "onnxruntime_problem", lambda: None if ort else NO_ORT)
 
 
 @pytest.mark.parametrize(
@@ -44,8 +46,8 @@ def _machine(monkeypatch: pytest.MonkeyPatch, *, trt: bool, gpu: str | None) -> 
             "auto: torch_tensorrt importable and CUDA device 'NVIDIA Orin' present -> tensorrt",
         ),
         (False, "NVIDIA Orin", "cuda", f"auto: {NO_TRT}; CUDA device 'NVIDIA Orin' present -> cuda"),
-        (False, None, "cpu", f"auto: {NO_TRT}; no CUDA device -> cpu"),
-        (True, None, "cpu", "auto: torch_tensorrt importable; no CUDA device -> cpu"),
+        (False, None, "cpu", f"auto: {NO_TRT}; no CUDA device; {NO_ORT} -> cpu"),
+        (True, None, "cpu", f"auto: torch_tensorrt importable; no CUDA device; {NO_ORT} -> cpu"),
     ],
 )
 def test_auto_picks_the_best_available_and_says_why(
@@ -53,6 +55,19 @@ def test_auto_picks_the_best_available_and_says_why(
 ) -> None:
     _machine(monkeypatch, trt=trt, gpu=gpu)
     assert choose_backend("auto") == (expected, "fp32", reason)
+    # onnxruntime takes the CPU when it imports; with a GPU it changes nothing.
+    _machine(monkeypatch, trt=trt, gpu=gpu, ort=True)
+    if gpu:
+        assert choose_backend("auto") == (expected, "fp32", reason)
+    else:
+        ort_reason = reason.replace(f"{NO_ORT} -> cpu", "onnxruntime importable -> onnxruntime")
+        assert choose_backend("auto") == ("onnxruntime", "fp32", ort_reason)
+    # model.device cpu keeps auto off the GPU whatever is installed.
+    assert choose_backend("auto", cpu_only=True) == (
+        "onnxruntime",
+        "fp32",
+        "auto: cpu only; onnxruntime importable -> onnxruntime",
+    )
 
 
 def test_auto_falls_back_to_fp32_where_the_precision_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,7 +110,9 @@ def test_explicit_requests(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_invalid_requests_are_rejected_early(monkeypatch: pytest.MonkeyPatch) -> None:
     _machine(monkeypatch, trt=True, gpu="NVIDIA Orin")
-    with pytest.raises(ValueError, match=re.escape("backend must be one of auto|cpu|cuda|tensorrt")):
+    with pytest.raises(
+        ValueError, match=re.escape("backend must be one of auto|cpu|cuda|tensorrt|onnxruntime|")
+    ):
         choose_backend("gpu")
     with pytest.raises(ValueError, match="precision must be one of"):
         choose_backend("auto", "int8")
@@ -110,7 +127,7 @@ def test_real_probes_on_this_machine() -> None:
     name, _, reason = choose_backend("auto")
     assert name in BACKENDS and reason.startswith("auto: ") and reason.endswith(f"-> {name}")
     if not torch.cuda.is_available():
-        assert name == "cpu" and "no CUDA device" in reason
+        assert name in ("onnxruntime", "cpu") and "no CUDA device" in reason
 
 
 @pytest.mark.parametrize("method", ["netwarp", "twnet"])

@@ -99,9 +99,11 @@ class SegNode(LifecycleNode):
                 backend_request(cfg["model.device"], cfg["model.backend"]),
                 model,
                 precision=cfg["model.precision"],
+                cpu_only=cfg["model.device"] == "cpu",
+                threads=threads,
                 cache_dir=cfg["model.engine_cache"] or None,
                 model_hash=file_hash(path),
-                # Builds or loads engines (TensorRT) before the node subscribes, not on the first frame.
+                # Builds or loads engines (TensorRT, onnxruntime) before the node subscribes, not on frame 1.
                 prepare=((h, w), default_flow_hw((h, w), downscale)),
                 progress=self.get_logger().info,
             )

@@ -1,19 +1,22 @@
-"""Where and how a model's step functions run: PyTorch eager on CPU or CUDA, or TensorRT engines.
+"""Where and how a model's step functions run: PyTorch eager on CPU or CUDA, TensorRT engines, or ONNX Runtime.
 
 Every backend exposes the model contract of :mod:`vidseg_ros.models.base` on device tensors, so the
 segmenter does not care which one it drives:
 
-=========  ===========================================================================================
-cpu        PyTorch eager, fp32.
-cuda       PyTorch eager; fp16/bf16 through autocast; each step is captured once per input shape into a
-           CUDA graph and replayed (shapes are static once the node has fixed its inference size).
-tensorrt   torch-tensorrt, dynamo frontend: each step function is exported with ``torch.export`` as a flat
-           module (state tensors in and out explicitly), compiled with static shapes, and cached on disk
-           by :class:`~vidseg_ros.runtime.engine_cache.EngineCache`. Imported lazily; optional.
-=========  ===========================================================================================
+===========  =========================================================================================
+cpu          PyTorch eager, fp32.
+cuda         PyTorch eager; fp16/bf16 through autocast; each step is captured once per input shape into a
+             CUDA graph and replayed (shapes are static once the node has fixed its inference size).
+tensorrt     torch-tensorrt, dynamo frontend: each step function is exported with ``torch.export`` as a
+             flat module (state tensors in and out explicitly), compiled with static shapes, and cached on
+             disk by :class:`~vidseg_ros.runtime.engine_cache.EngineCache`. Imported lazily; optional.
+onnxruntime  :mod:`~vidseg_ros.runtime.ort_backend`: the same flat steps exported to ONNX, optimised by
+             ONNX Runtime and cached on disk; CPU provider, or with onnxruntime-gpu the CUDA or TensorRT
+             provider (requests ``onnxruntime-cuda``, ``onnxruntime-tensorrt``).
+===========  =========================================================================================
 
-:func:`select_backend` resolves ``auto`` (tensorrt if importable and CUDA is present, else cuda, else cpu) and
-says why in words, for the log and /diagnostics.
+:func:`select_backend` resolves ``auto`` (tensorrt if importable and CUDA is present, else cuda, else onnxruntime
+if it imports and the model exports, else cpu) and says why in words, for the log and /diagnostics.
 """
 
 from __future__ import annotations
@@ -25,13 +28,16 @@ import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from vidseg_ros.models.base import State, VideoSegModel
+from vidseg_ros.runtime.backend_api import PRECISIONS, Backend, BackendUnavailable
+from vidseg_ros.runtime.backend_api import check_precision as _check_precision
 from vidseg_ros.runtime.engine_cache import CacheResult, EngineCache, EngineKey
+from vidseg_ros.runtime.ort_backend import OrtBackend, onnxruntime_problem, ort_cache, ort_request_reason
 from vidseg_ros.runtime.steps import (
     FlatKeyStep,
     FlatNonKeyStep,
@@ -43,48 +49,9 @@ from vidseg_ros.runtime.steps import (
 
 log = logging.getLogger(__name__)
 
-REQUESTS = ("auto", "cpu", "cuda", "tensorrt")
-PRECISIONS: dict[str, tuple[str, ...]] = {
-    "cpu": ("fp32",),
-    "cuda": ("fp32", "fp16", "bf16"),
-    "tensorrt": ("fp32", "fp16"),
-}
+REQUESTS = ("auto", "cpu", "cuda", "tensorrt", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt")
 #: Artifact extension of cached TensorRT programs (``torch_tensorrt.save`` as an ExportedProgram).
 TRT_SUFFIX = ".ep"
-
-
-class BackendUnavailable(RuntimeError):
-    """A backend was requested explicitly but cannot run here (missing package or device)."""
-
-
-# ------------------------------------------------------------------------------------------------ protocol
-@runtime_checkable
-class Backend(Protocol):
-    """What the segmenter needs from a backend. Tensors are on :attr:`device`; state is the model's dict."""
-
-    name: str
-    device: torch.device
-    precision: str
-    #: Why this backend was chosen (``select_backend``'s words), for the log and /diagnostics.
-    reason: str
-
-    def prepare(self, image_hw: tuple[int, int], flow_hw: tuple[int, int] | None = None) -> None:
-        """Does the one-off work for these shapes now (engine build/load, graph capture) instead of on frame 1."""
-        ...
-
-    def key_step(self, image: Tensor) -> tuple[Tensor, State]: ...
-
-    def nonkey_step(
-        self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
-    ) -> tuple[Tensor, State]: ...
-
-
-def _check_precision(backend: str, precision: str) -> str:
-    if precision not in PRECISIONS[backend]:
-        raise ValueError(
-            f"backend {backend} supports precision {'|'.join(PRECISIONS[backend])}, got {precision!r}"
-        )
-    return precision
 
 
 class EagerBackend:
@@ -382,7 +349,12 @@ class TensorRTBackend:
         return self._run("nonkey", (image, prev_image, flow, *(state[k] for k in keys)), flow_hw)
 
 
-BACKENDS: dict[str, type] = {"cpu": EagerBackend, "cuda": CudaBackend, "tensorrt": TensorRTBackend}
+BACKENDS: dict[str, type] = {
+    "cpu": EagerBackend,
+    "cuda": CudaBackend,
+    "tensorrt": TensorRTBackend,
+    "onnxruntime": OrtBackend,
+}
 
 
 # ----------------------------------------------------------------------------------------------- selection
@@ -406,37 +378,47 @@ def cuda_device_name() -> str | None:
     return torch.cuda.get_device_name(torch.cuda.current_device())
 
 
-def choose_backend(requested: str, precision: str = "fp32") -> tuple[str, str, str]:
+def choose_backend(
+    requested: str, precision: str = "fp32", *, cpu_only: bool = False
+) -> tuple[str, str, str]:
     """Decides ``(backend, precision, reason)`` without building anything.
 
     ``auto`` never fails: it falls back to a backend that runs here, and to fp32 when the chosen backend lacks
-    the requested precision. An explicit request that cannot be honoured raises.
+    the requested precision; ``cpu_only`` keeps it off the GPU (onnxruntime, else cpu). An explicit request
+    that cannot be honoured raises.
 
     Raises:
         ValueError: Unknown request or precision, or a precision the requested backend lacks.
-        BackendUnavailable: ``cuda``/``tensorrt`` requested without CUDA, or ``tensorrt`` not importable.
+        BackendUnavailable: ``cuda``/``tensorrt``/``onnxruntime-*`` requested without CUDA, or the package
+            or execution provider it needs is missing.
     """
     if requested not in REQUESTS:
         raise ValueError(f"backend must be one of {'|'.join(REQUESTS)}, got {requested!r}")
     if precision not in PRECISIONS["cuda"]:
         raise ValueError(f"precision must be one of {'|'.join(PRECISIONS['cuda'])}, got {precision!r}")
-    gpu = cuda_device_name() if requested != "cpu" else None
+    gpu = cuda_device_name() if requested not in ("cpu", "onnxruntime") and not cpu_only else None
     if requested == "auto":
-        trt_problem = torch_tensorrt_problem()
+        trt_problem = None if cpu_only else torch_tensorrt_problem()
         if trt_problem is None and gpu:
             name, why = "tensorrt", f"torch_tensorrt importable and CUDA device '{gpu}' present"
         elif gpu:
             name, why = "cuda", f"{trt_problem}; CUDA device '{gpu}' present"
         else:
-            name, why = "cpu", f"{trt_problem or 'torch_tensorrt importable'}; no CUDA device"
+            ort_problem = onnxruntime_problem()
+            name = "cpu" if ort_problem else "onnxruntime"
+            why = "cpu only" if cpu_only else f"{trt_problem or 'torch_tensorrt importable'}; no CUDA device"
+            why += f"; {ort_problem or 'onnxruntime importable'}"
         reason = f"auto: {why} -> {name}"
         if precision not in PRECISIONS[name]:
             reason += f" (precision {precision} not supported by {name}; using fp32)"
             precision = "fp32"
         return name, precision, reason
-    _check_precision(requested, precision)
+    family = requested.partition("-")[0]
+    _check_precision(family, precision)
     if requested == "cpu":
         return "cpu", precision, "requested cpu"
+    if family == "onnxruntime":
+        return requested, precision, ort_request_reason(requested, gpu)
     problems = [torch_tensorrt_problem()] if requested == "tensorrt" else []
     if not gpu:
         problems.append("no CUDA device is available")
@@ -451,11 +433,20 @@ def choose_backend(requested: str, precision: str = "fp32") -> tuple[str, str, s
     return requested, precision, f"requested {requested} on '{gpu}'"
 
 
+def _fallback(error: Exception, failed: str, to: str, reason: str) -> str:
+    """Logs why ``failed`` could not be built under ``auto`` and returns the reason extended with it."""
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    log.warning("%s backend failed (%s); falling back to %s", failed, first, to)
+    return f"{reason}; {failed} failed ({first}) -> {to}"
+
+
 def select_backend(
     requested: str,
     model: VideoSegModel,
     *,
     precision: str = "fp32",
+    cpu_only: bool = False,
+    threads: int | None = None,
     cache_dir: str | Path | None = None,
     model_hash: str | None = None,
     cuda_graphs: bool = True,
@@ -465,17 +456,21 @@ def select_backend(
     """Builds the backend :func:`choose_backend` picks and returns it with the reason.
 
     Args:
-        requested: ``auto``, ``cpu``, ``cuda`` or ``tensorrt``.
+        requested: One of :data:`REQUESTS`.
         model: The model (moved to the backend's device).
         precision: ``fp32``, ``fp16`` or ``bf16`` (bf16: cuda only).
-        cache_dir: TensorRT engine cache directory (default: ``$VIDSEG_ENGINE_CACHE`` or ``~/.cache``).
-        model_hash: Checkpoint hash for the engine cache key (default: fingerprint of the weights).
+        cpu_only: Keep ``auto`` on the CPU (the node's ``model.device: cpu``).
+        threads: onnxruntime intra-op threads (default: PyTorch's).
+        cache_dir: Engine cache directory (default: ``$VIDSEG_ENGINE_CACHE`` or ``~/.cache``); onnxruntime
+            keeps its sessions in its ``onnxruntime`` folder.
+        model_hash: Checkpoint hash for the cache keys (default: fingerprint of the weights).
         cuda_graphs: Let the cuda backend replay CUDA graphs.
         prepare: ``(image_hw, flow_hw)`` to build/capture for now. Under ``auto``, a TensorRT failure here
-            falls back to the cuda backend (logged and added to the reason) instead of failing.
-        progress: Progress lines of TensorRT engine builds.
+            falls back to the cuda backend and an onnxruntime failure (import, export, session) to cpu,
+            logged and added to the reason, instead of failing.
+        progress: Progress lines of TensorRT engine builds and onnxruntime exports.
     """
-    name, precision, reason = choose_backend(requested, precision)
+    name, precision, reason = choose_backend(requested, precision, cpu_only=cpu_only)
     backend: Backend
     if name == "tensorrt":
         try:
@@ -493,12 +488,28 @@ def select_backend(
         except Exception as e:  # noqa: BLE001 - any compiler failure; explicit requests re-raise it
             if requested != "auto":
                 raise
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            log.warning("tensorrt backend failed (%s); falling back to cuda", first)
-            reason = f"{reason}; tensorrt failed ({first}) -> cuda"
-            name = "cuda"
+            reason, name = _fallback(e, "tensorrt", "cuda", reason), "cuda"
             if precision not in PRECISIONS["cuda"]:  # pragma: no cover - fp32/fp16 are both cuda precisions
                 precision = "fp32"
+    elif name.startswith("onnxruntime"):
+        try:
+            backend = OrtBackend(
+                model,
+                provider=name.partition("-")[2] or "cpu",
+                threads=threads,
+                precision=precision,
+                reason=reason,
+                cache=ort_cache(cache_dir),
+                model_hash=model_hash,
+                progress=progress,
+            )
+            if prepare is not None:
+                backend.prepare(*prepare)
+            return backend, reason
+        except Exception as e:  # noqa: BLE001 - import, export or session failure; explicit requests re-raise
+            if requested != "auto":
+                raise
+            reason, name = _fallback(e, "onnxruntime", "cpu", reason), "cpu"
     if name == "cuda":
         backend = CudaBackend(model, precision=precision, reason=reason, cuda_graphs=cuda_graphs)
     else:

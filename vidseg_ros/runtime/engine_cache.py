@@ -16,6 +16,8 @@ files are written to a temporary name and moved into place with ``os.replace``, 
 sees a half-written file, and a crash between the two renames leaves a checksum mismatch, i.e. a rebuild.
 
 Nothing here needs a GPU: the builder and loader are callables, so tests drive the cache with plain files.
+The cache takes any :class:`CacheKey`; :class:`EngineKey` is TensorRT's, and the ONNX Runtime backend keys its
+optimised models with its own (:class:`~vidseg_ros.runtime.ort_backend.OrtKey`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 try:  # POSIX only; elsewhere concurrent builders may duplicate work but never corrupt an entry.
     import fcntl
@@ -48,6 +50,19 @@ _SLOT_FIELDS = ("model_hash", "step", "input_shapes", "precision", "gpu_name", "
 
 class EngineCacheError(RuntimeError):
     """A build or load that failed even on a freshly built entry."""
+
+
+class CacheKey(Protocol):
+    """What :class:`EngineCache` needs of a key: its fields (recorded in the manifest), their digest and a slot."""
+
+    @property
+    def step(self) -> str: ...
+
+    def fields(self) -> dict[str, Any]: ...
+
+    def digest(self) -> str: ...
+
+    def slot(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -85,14 +100,12 @@ class EngineKey:
 
     def digest(self) -> str:
         """SHA-256 over the canonical JSON of every field."""
-        return _digest(self.fields())
+        return fields_digest(self.fields())
 
     def slot(self) -> str:
         """File stem of this key's entry: readable step/shape/precision plus a digest of the slot fields."""
         fields = self.fields()
-        ident = _digest({k: fields[k] for k in _SLOT_FIELDS})[:16]
-        first = "x".join(map(str, self.input_shapes[0][-2:])) if self.input_shapes else "none"
-        return f"{_safe(self.step)}-{first}-{_safe(self.precision)}-{ident}"
+        return slot_name(self.step, self.input_shapes, self.precision, {k: fields[k] for k in _SLOT_FIELDS})
 
 
 @dataclass
@@ -110,6 +123,19 @@ class CacheResult(Generic[T]):
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def fields_digest(fields: dict[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of a key's fields (what :meth:`CacheKey.digest` returns)."""
+    return _digest(fields)
+
+
+def slot_name(
+    step: str, input_shapes: tuple[tuple[int, ...], ...], tag: str, slot_fields: dict[str, Any]
+) -> str:
+    """``<step>-<HxW of the first input>-<tag>-<16 hex digits of slot_fields>``: readable, unique per slot."""
+    first = "x".join(map(str, input_shapes[0][-2:])) if input_shapes else "none"
+    return f"{_safe(step)}-{first}-{_safe(tag)}-{_digest(slot_fields)[:16]}"
 
 
 def _safe(text: str) -> str:
@@ -147,7 +173,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 class EngineCache:
-    """A directory of engines; one entry per :meth:`EngineKey.slot`.
+    """A directory of engines; one entry per key slot (:meth:`EngineKey.slot`, or any :class:`CacheKey`'s).
 
     Args:
         root: Cache directory (created on first write).
@@ -158,13 +184,13 @@ class EngineCache:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.suffix = suffix
 
-    def artifact_path(self, key: EngineKey) -> Path:
+    def artifact_path(self, key: CacheKey) -> Path:
         return self.root / f"{key.slot()}{self.suffix}"
 
-    def manifest_path(self, key: EngineKey) -> Path:
+    def manifest_path(self, key: CacheKey) -> Path:
         return self.root / f"{key.slot()}.json"
 
-    def check(self, key: EngineKey) -> str | None:
+    def check(self, key: CacheKey) -> str | None:
         """None if a valid entry for ``key`` exists; else why not (``missing``, ``stale: ...``, ``corrupt: ...``)."""
         artifact, manifest_path = self.artifact_path(key), self.manifest_path(key)
         if not manifest_path.exists() and not artifact.exists():
@@ -196,7 +222,7 @@ class EngineCache:
         return None
 
     @contextlib.contextmanager
-    def _lock(self, key: EngineKey) -> Iterator[None]:
+    def _lock(self, key: CacheKey) -> Iterator[None]:
         """Serialises builders of one slot across processes (two nodes starting at once build once)."""
         if fcntl is None:
             yield
@@ -210,7 +236,7 @@ class EngineCache:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def store(
-        self, key: EngineKey, build: Callable[[Path], Any], extra: dict[str, Any] | None = None
+        self, key: CacheKey, build: Callable[[Path], Any], extra: dict[str, Any] | None = None
     ) -> float:
         """Runs ``build(tmp_path)``, which must write the artifact there, and installs it atomically.
 
@@ -244,14 +270,14 @@ class EngineCache:
         _atomic_write_bytes(self.manifest_path(key), (json.dumps(manifest, indent=2) + "\n").encode())
         return build_s
 
-    def invalidate(self, key: EngineKey) -> None:
+    def invalidate(self, key: CacheKey) -> None:
         """Removes the entry of ``key``'s slot (manifest first, so a half-removed entry reads as corrupt)."""
         self.manifest_path(key).unlink(missing_ok=True)
         self.artifact_path(key).unlink(missing_ok=True)
 
     def get_or_build(
         self,
-        key: EngineKey,
+        key: CacheKey,
         build: Callable[[Path], Any],
         load: Callable[[Path], T],
         *,

@@ -45,14 +45,25 @@ def cpu_threads(requested: int, cores: int | None = None) -> int:
 
 def backend_request(device: str, backend: str) -> str:
     """The :func:`~vidseg_ros.runtime.backends.select_backend` request for the node's ``model.device`` (auto,
-    cpu, cuda) and ``model.backend`` (auto, torch, tensorrt) parameters."""
+    cpu, cuda) and ``model.backend`` (auto, torch, tensorrt, onnxruntime) parameters.
+
+    ``auto`` with ``model.device: cpu`` stays ``auto``: pass ``cpu_only=True`` to ``select_backend`` with it,
+    so it picks onnxruntime when it imports and the model exports, else PyTorch on the CPU.
+    """
     if backend == "tensorrt":
         return "tensorrt"
     if backend == "torch":
         return pick_device(device).type
-    # auto: TensorRT where it can run, else PyTorch on the requested device.
-    if device == "cpu":
-        return "cpu"
+    if backend == "onnxruntime":
+        from vidseg_ros.runtime.ort_backend import provider_problem
+
+        if device == "cuda":
+            pick_device("cuda")
+            return "onnxruntime-cuda"
+        # device auto: the CUDA provider where onnxruntime-gpu and a GPU are both present.
+        gpu = device == "auto" and torch.cuda.is_available() and provider_problem("cuda") is None
+        return "onnxruntime-cuda" if gpu else "onnxruntime"
+    # auto on model.device cuda: TensorRT where it can run, else PyTorch; otherwise select_backend's auto.
     if device == "cuda":
         from vidseg_ros.runtime.backends import torch_tensorrt_problem
 

@@ -1,0 +1,84 @@
+"""seg_node on the onnxruntime backend over real DDS: asked for explicitly, and picked by ``auto`` on a CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from harness import Harness, NodeProcess, frame, stamp_of
+
+from vidseg_ros.imgcodec import decode_image
+from vidseg_ros.runtime.backends import EagerBackend
+from vidseg_ros.runtime.checkpoint import load_checkpoint
+from vidseg_ros.runtime.segmenter import Segmenter
+from vidseg_ros.runtime.stream import Stream
+
+pytest.importorskip("onnxruntime")
+
+T0 = 1_700_000_000_000_000_000
+STEP = 100_000_000  # 10 Hz stamps
+FRAMES = 5
+
+
+def _torch_masks(checkpoint, sent) -> list[np.ndarray]:
+    """The masks PyTorch eager gives for the same frames, through the node's own Stream code."""
+    model, meta = load_checkpoint(checkpoint)
+    stream = Stream(Segmenter(model, meta, backend=EagerBackend(model)))
+    out = []
+    for msg in sent:
+        rgb = decode_image(msg.encoding, msg.width, msg.height, msg.step, msg.data)
+        out.append(stream.step(rgb, stamp_of(msg), encoding=msg.encoding, frame_id=msg.header.frame_id).mask)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("backend", "reason"),
+    [
+        ("onnxruntime", "requested onnxruntime (CPUExecutionProvider)"),
+        ("auto", "auto: cpu only; onnxruntime importable -> onnxruntime"),
+    ],
+)
+def test_node_segments_with_onnxruntime(tiny_checkpoint, backend: str, reason: str) -> None:
+    topic = f"/vt_ort_{backend}/image"
+    checkpoint = tiny_checkpoint("netwarp")
+    params = {
+        "model.checkpoint": checkpoint,
+        "model.device": "cpu",
+        "model.backend": backend,
+        "model.threads": 1,
+        "realtime": False,
+        "qos.reliability": "reliable",
+    }
+    node = NodeProcess(topic, params, name=f"vidseg_ort_{backend}")
+    harness = Harness(topic)
+    try:
+        harness.wait_for_node(node)
+        line = next((ln for ln in node.lines if "loaded " in ln), "")
+        assert "backend onnxruntime (fp32) on cpu" in line and f"because {reason};" in line, node.output
+        assert "1 CPU thread(s)" in line
+        assert "onnxruntime key step 96x64 (cpu)" in node.output  # the session load/export is logged
+
+        sent = [frame(T0 + i * STEP, frame_id="cam_ort") for i in range(FRAMES)]
+        for msg in sent:
+            harness.publish(msg)
+        assert harness.wait_for(lambda: len(harness.messages("mask")) >= FRAMES, timeout=60), node.output
+        masks = harness.messages("mask")
+        assert [m.header for m in masks] == [m.header for m in sent]
+        assert all((m.width, m.height, m.encoding) == (128, 96, "mono8") for m in masks)
+        # Key frame, then non-key frames carrying state through ORT: the same masks as PyTorch's.
+        for got, want in zip(masks, _torch_masks(checkpoint, sent), strict=True):
+            ids = np.frombuffer(bytes(got.data), np.uint8).reshape(got.height, got.width)
+            assert (ids == want).mean() >= 0.999
+
+        def status_values() -> dict[str, str] | None:
+            for d in reversed(harness.messages("diagnostics")):
+                for s in d.status:
+                    if s.name == f"vidseg_ort_{backend}: segmentation":
+                        return {kv.key: kv.value for kv in s.values}
+            return None
+
+        assert harness.wait_for(lambda: status_values() is not None, timeout=5)
+        values = status_values()
+        assert values["backend"] == "onnxruntime" and values["backend_reason"] == reason
+    finally:
+        harness.close()
+        node.stop()
