@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "Run checkpoints online over a dataset split or bags; report mIoU, trimap IoU, TC and timings.",
     "bench": "Time per-frame, NetWarp and TWNet and the node stages in one run.",
     "export": "Export step functions to ONNX or build TensorRT engines.",
-    "demo": "Replay a synthetic bag through seg_node over DDS and write a preview and summary.",
+    "demo": "Replay a bag (a synthetic one by default) through seg_node over DDS; write a preview and summary.",
 }
 
 
