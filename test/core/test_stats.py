@@ -69,6 +69,23 @@ def test_upstream_loss_counts_withheld_frames_despite_jitter(period_ms):
     assert period == pytest.approx(period_ms / 1e3, abs=0.004)
 
 
+def test_upstream_loss_sees_the_period_through_mostly_alternate_loss():
+    """As measured over best-effort loopback: most frames two periods apart, a few back to back."""
+    kept = [0, 1, 2, 3, 4]  # a few back-to-back frames at the start
+    kept += list(range(6, 92, 2)) + [95, 99]  # then every other frame, and two longer holes
+    stamps = [i * 33_333_333 for i in kept]
+    lost, period = upstream_loss(stamps)
+    assert period == pytest.approx(1 / 30, rel=0.01)
+    assert lost == 99 + 1 - len(kept)
+
+
+def test_upstream_loss_is_not_fooled_by_a_double_triggered_frame():
+    stamps = sorted(
+        [i * 50_000_000 for i in range(40)] + [700_000_000 + 2_000_000, 1_400_000_000 + 3_000_000]
+    )
+    assert upstream_loss(stamps) == (0, pytest.approx(0.05))
+
+
 def test_upstream_loss_ignores_loops_pauses_and_short_histories():
     stamps = _stamps(30, 50_000_000, set())
     looped = stamps + [s + 0 for s in stamps]  # the bag starts over: one backwards gap

@@ -147,19 +147,32 @@ class NodeStats:
         return HealthReport(OK, f"segmenting at {out_rate:.1f} Hz", values)
 
 
-def upstream_loss(stamps_ns: list[int], *, pause_s: float = 1.0, min_gaps: int = 4) -> tuple[int, float]:
-    """Frames missing from a stream of header stamps: ``(estimated lost frames, median period in s)``.
+def upstream_loss(
+    stamps_ns: list[int], *, pause_s: float = 1.0, min_gaps: int = 4, min_share: float = 0.05
+) -> tuple[int, float]:
+    """Frames missing from a stream of header stamps: ``(estimated lost frames, period in s)``.
 
-    The period is the median gap between consecutive stamps; a gap of ``k`` periods means ``k - 1`` frames
-    never arrived (``round`` absorbs jitter). Gaps that are not forward steps (a bag loop, a repeated stamp)
-    and gaps over ``pause_s`` (a paused camera; the node resets its state there too) are not counted.
-    Fewer than ``min_gaps`` usable gaps give ``(0, 0.0)``: no estimate yet. A loss so regular that most gaps
-    are equal (every other frame, always) reads as a slower camera: the stamps alone cannot tell them apart.
+    The period is the shortest gap that recurs: at least 3 gaps, and ``min_share`` of them, within 20% of
+    it, with most gaps (80%) near a whole multiple of it. Not the median gap: best-effort DDS over loopback
+    lost about every other 640x480 frame here, so the median gap was two periods; the few frames that did
+    arrive back to back still showed the camera's period. A gap of ``k`` periods means ``k - 1`` frames never
+    arrived (``round`` absorbs jitter). Gaps that are not forward steps (a bag loop, a repeated stamp) and
+    gaps over ``pause_s`` (a paused camera; the node resets its state there too) are not counted. Fewer than
+    ``min_gaps`` usable gaps give ``(0, 0.0)``: no estimate yet. A loss so regular that no two frames ever
+    arrive back to back reads as a slower camera: the stamps alone cannot tell them apart.
     """
     gaps = np.diff(np.asarray(stamps_ns, np.int64)) / 1e9 if len(stamps_ns) > 1 else np.zeros(0)
     gaps = gaps[(gaps > 0) & (gaps <= pause_s)]
     if gaps.size < min_gaps:
         return 0, 0.0
+    ordered = np.sort(gaps)
+    near = np.searchsorted(ordered, ordered * 1.2, side="right") - np.searchsorted(ordered, ordered * 0.8)
     period = float(np.median(gaps))
+    for i in np.flatnonzero(near >= max(3, min_share * gaps.size)):
+        candidate = float(np.median(gaps[np.abs(gaps - ordered[i]) <= 0.2 * ordered[i]]))
+        multiples = gaps / candidate
+        if np.mean(np.abs(multiples - np.rint(multiples)) <= 0.25) >= 0.8:
+            period = candidate
+            break
     missing = np.maximum(np.rint(gaps / period) - 1, 0)
     return int(missing.sum()), period
