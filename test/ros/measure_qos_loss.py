@@ -34,7 +34,11 @@ for reliability in ("best_effort", "reliable"):
         time.sleep(2.0)
         st = sorted(m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in h.messages("mask"))
         gaps = np.rint(np.diff(st) / 33_333_333).astype(int)
-        print(reliability, "gap histogram (periods: count)", dict(zip(*np.unique(gaps, return_counts=True))))
+        print(
+            reliability,
+            "gap histogram (periods: count)",
+            dict(zip(*np.unique(gaps, return_counts=True), strict=True)),
+        )
         d = [s for _, a in h.timed("diagnostics") for s in a.status if s.name.endswith("segmentation")][-1]
         v = {kv.key: kv.value for kv in d.values}
         print(
