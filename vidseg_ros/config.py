@@ -75,13 +75,13 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "model.engine_cache",
         "",
-        "TensorRT engine cache directory; empty = $VIDSEG_ENGINE_CACHE or ~/.cache/vidseg_ros/engines.",
+        "Cache of TensorRT engines and ONNX Runtime sessions (in onnxruntime/); empty = $VIDSEG_ENGINE_CACHE or ~/.cache/vidseg_ros/engines.",
         read_only=True,
     ),
     ParamSpec(
         "model.threads",
         0,
-        "CPU threads for PyTorch; 0 = half the cores (at least 1), leaving the rest to DDS and other nodes.",
+        "CPU threads for PyTorch and ONNX Runtime; 0 = half the cores (at least 1), leaving the rest to DDS and other nodes.",
         min=0,
         max=256,
         read_only=True,
