@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vidseg_ros.runtime.checkpoint import load_checkpoint
-from vidseg_ros.runtime.segmenter import Segmenter, resize_image
+from vidseg_ros.runtime.segmenter import Segmenter, first_max_ids, resize_image
 from vidseg_ros.runtime.stream import Stream
 
 S = 1_000_000_000
@@ -109,3 +109,22 @@ def test_mask_enlargement_is_centred_nearest(tiny_checkpoint):
     mask = seg.to_mask(logits, (4, 6))
     np.testing.assert_array_equal(mask, np.repeat(np.repeat([[0, 1, 2], [2, 1, 0]], 2, 0), 2, 1))
     np.testing.assert_array_equal(seg.to_mask(logits, (2, 3)), [[0, 1, 2], [2, 1, 0]])
+
+
+def test_first_max_ids_match_max_indices_ties_and_layouts(tiny_checkpoint):
+    """The contiguous-logits arg-max (onnxruntime's layout) gives max()'s ids, the first class on ties."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(9, 30, 40, generator=g).round(decimals=1)  # rounding makes ties common
+    scores[:, 0, 0] = 0.5  # all nine tied: class 0
+    scores[3:, 0, 1] = 2.0  # classes 3..8 tied: class 3
+    want = scores.max(dim=0).indices.to(torch.uint8)
+    got = first_max_ids(scores)
+    assert got.dtype == torch.uint8 and torch.equal(got, want) and got[0, 0] == 0 and got[0, 1] == 3
+    model, meta = load_checkpoint(tiny_checkpoint("perframe"))
+    seg = Segmenter(model, meta)
+    contiguous = scores.unsqueeze(0)
+    channels_last = contiguous.contiguous(memory_format=torch.channels_last)  # PyTorch's upsampled logits
+    np.testing.assert_array_equal(seg.to_mask(contiguous, (30, 40)), want.numpy())
+    np.testing.assert_array_equal(seg.to_mask(channels_last, (30, 40)), want.numpy())
+    nan = torch.full((3, 1, 2), float("nan"))
+    assert first_max_ids(nan).max() <= 2  # still a class id

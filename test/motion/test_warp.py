@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidseg_ros.motion.warp import resize_flow, resize_to, scale_flow, warp
+from vidseg_ros.motion.warp import resize_flow, resize_to, scale_flow, warp, warp_padding
 
 
 def _const_flow(b: int, h: int, w: int, dx: float, dy: float) -> torch.Tensor:
@@ -115,3 +115,67 @@ def test_warp_exports_to_onnx() -> None:
     sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
     (out,) = sess.run(None, {"x": x.numpy(), "flow": flow.numpy()})
     np.testing.assert_allclose(out, warp(x, flow).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [0.5, 4.0, 60.0])
+def test_clamped_form_equals_border_padding(scale: float) -> None:
+    """The clamped zero-padding form gives grid_sample's border values, far outside the map included."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 15, 21, generator=g)
+    flow = torch.randn(2, 2, 30, 42, generator=g) * scale
+    border = warp(x, flow)
+    with warp_padding("clamped"):
+        clamped = warp(x, flow)
+    # Only the rounding of the normalised grid differs (a few ulp of a position in the tens of pixels).
+    torch.testing.assert_close(clamped, border, atol=2e-5, rtol=1e-5)
+    assert warp(x, flow).equal(border)  # the block restored the default
+
+
+def test_clamped_form_keeps_exact_borders_and_gradients() -> None:
+    x = torch.arange(12, dtype=torch.float32).view(1, 1, 3, 4)
+    with warp_padding("clamped"):
+        torch.testing.assert_close(
+            warp(x, _const_flow(1, 3, 4, 100.0, 0.0), eps=0.0), x[..., 3:4].expand(1, 1, 3, 4)
+        )
+        torch.testing.assert_close(
+            warp(x, _const_flow(1, 3, 4, 0.0, -100.0), eps=0.0), x[..., 0:1, :].expand(1, 1, 3, 4)
+        )
+        flow = (torch.randn(1, 2, 3, 4) * 2).requires_grad_()
+        warp(x.requires_grad_(), flow).square().sum().backward()
+    assert flow.grad is not None and torch.isfinite(flow.grad).all()
+
+
+def test_warp_padding_rejects_unknown_forms() -> None:
+    with pytest.raises(ValueError, match="warp padding must be one of border|clamped, got 'zeros'"):
+        with warp_padding("zeros"):
+            pass
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+def test_clamped_form_exports_zero_padding_with_border_values() -> None:
+    """What the onnxruntime backend exports: a GridSample with zero padding (ORT's fast kernel), border values."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+
+    class Warp(torch.nn.Module):
+        def forward(self, x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+            return warp(x, flow)
+
+    x = torch.randn(1, 5, 16, 20)
+    flow = torch.randn(1, 2, 8, 10) * 6  # many samples past the borders
+    buf = io.BytesIO()
+    with warp_padding("clamped"):
+        torch.onnx.export(Warp(), (x, flow), buf, opset_version=17, dynamo=False, input_names=["x", "flow"])
+    (node,) = [n for n in onnx.load_from_string(buf.getvalue()).graph.node if n.op_type == "GridSample"]
+    assert {a.name: a.s for a in node.attribute}["padding_mode"] == b"zeros"
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {"x": x.numpy(), "flow": flow.numpy()})
+    np.testing.assert_allclose(out, warp(x, flow).numpy(), atol=5e-5)
+
+
+@pytest.mark.parametrize(("size", "kernel"), [((4, 5), (4, 4)), ((2, 2), (8, 10)), ((1, 1), (16, 20))])
+def test_block_means_match_average_pooling(size: tuple[int, int], kernel: tuple[int, int]) -> None:
+    """Large blocks are averaged as two reductions (faster on CPUs): the same means as avg_pool2d."""
+    x = torch.randn(2, 3, 16, 20)
+    want = torch.nn.functional.avg_pool2d(x, kernel_size=kernel, stride=kernel)
+    torch.testing.assert_close(resize_to(x, size), want, atol=1e-6, rtol=1e-6)

@@ -1,4 +1,5 @@
-"""A quick ``vidseg bench`` on tiny sizes: every documented JSON key, the chart, the targets, a real seg_node."""
+"""A quick ``vidseg bench`` on tiny sizes: every documented JSON key, the chart, the targets, real seg_nodes, and
+PyTorch and onnxruntime side by side."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from vidseg_ros.cli import main as vidseg
-from vidseg_ros.tools.bench import METHODS, STAGES, repeats_for, synthetic_frames, time_colour
+from vidseg_ros.tools.bench import METHODS, STAGES, compared_names, repeats_for, synthetic_frames, time_colour
+from vidseg_ros.tools.bench_measure import compare
 
 TOP_KEYS = {
     "format",
@@ -23,6 +25,9 @@ TOP_KEYS = {
     "node_overhead",
     "node_latency",
     "targets",
+    "backends",
+    "comparison",
+    "node_compare",
 }
 
 
@@ -81,6 +86,83 @@ def test_bench_smoke(nudged_checkpoint, tmp_path: Path, capsys: pytest.CaptureFi
     assert all(isinstance(t["pass"], bool) for t in result["targets"])
     assert printed.count("PASS") + printed.count("MISS") >= len(result["targets"])
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _check_side_by_side(result, printed)
+
+
+def _check_side_by_side(result: dict, printed: str) -> None:
+    """On this CPU, auto times PyTorch (the baseline) and onnxruntime in the same run, and feeds two seg_nodes."""
+    names = ["cpu", "onnxruntime"]
+    assert result["config"]["backend"] == "onnxruntime" and result["config"]["compare"] == names
+    assert "Backends side by side" in printed
+    assert list(result["backends"]) == names
+    for name, run in result["backends"].items():
+        assert run["backend"] == name and run["precision"] == "fp32" and run["reason"]
+        assert set(run["models"]) == {"96x64", "128x64"}
+    # The legacy keys carry the main backend's figures.
+    assert result["models"] == result["backends"]["onnxruntime"]["models"]
+    comp = result["comparison"]
+    assert comp["backends"] == names and set(comp["sizes"]) == {"96x64", "128x64"}
+    twnet = comp["sizes"]["128x64"]["twnet"]
+    assert set(twnet["avg_ms"]) == set(names)
+    assert twnet["ratio"]["onnxruntime"]["nonkey"] == pytest.approx(
+        twnet["nonkey_ms"]["onnxruntime"] / twnet["nonkey_ms"]["cpu"]
+    )
+    assert "nonkey" not in comp["sizes"]["96x64"]["perframe"]["ratio"]["onnxruntime"]
+    by_backend = {(t["name"], t["size"], t.get("backend")) for t in result["targets"]}
+    for name in names:
+        assert ("twnet_avg_vs_perframe", "128x64", name) in by_backend
+    limits = {(t["name"], t.get("backend")): t["limit"] for t in result["targets"]}
+    assert limits[("twnet_avg_vs_perframe", "onnxruntime")] == 0.5
+    assert limits[("twnet_avg_vs_perframe", "cpu")] == 0.6
+    assert result["node_latency"]["backend"] == "onnxruntime"
+    for method in ("netwarp", "twnet"):
+        node = result["node_compare"][method]
+        assert "skipped" not in node, node
+        assert node["backends"] == names and node["size"] == "96x64" and node["frames"] == 3
+        assert node["answered"] == {"cpu": 3, "onnxruntime": 3} and node["answered_fraction"] == 1.0
+        assert node["ratio"] == pytest.approx(
+            node["total_p50_ms"]["onnxruntime"] / node["total_p50_ms"]["cpu"]
+        )
+        assert 0.995 <= node["agreement_min"] <= node["agreement_mean"] <= 1.0
+    agreement = [t for t in result["targets"] if t["name"] == "node_mask_agreement"]
+    assert len(agreement) == 2 and all(t["op"] == ">=" and t["pass"] for t in agreement)
+    assert "seg_node twnet at 96x64" in printed
+
+
+def test_compared_names() -> None:
+    pytest.importorskip("onnxruntime")
+    assert compared_names("onnxruntime", "auto") == (["cpu", "onnxruntime"], None)
+    assert compared_names("cpu", "auto") == (["cpu", "onnxruntime"], None)
+    assert compared_names("cpu", "none") == (["cpu"], "--compare none")
+    names, why = compared_names("tensorrt", "auto")
+    assert names == ["tensorrt"] and "not a CPU backend" in why
+    # The baseline is PyTorch on the CPU whenever it is timed.
+    assert compared_names("onnxruntime", "cpu") == (["cpu", "onnxruntime"], None)
+    assert compared_names("cuda", "onnxruntime,cpu") == (["cpu", "cuda", "onnxruntime"], None)
+    assert compared_names("cpu", "cpu")[1] == "--compare cpu adds nothing to cpu"
+
+
+def test_compare_ratios_divide_by_the_baseline() -> None:
+    def row(key: float, nonkey: float | None) -> dict:
+        avg = key if nonkey is None else nonkey
+        return {
+            "key_ms": key,
+            "nonkey_ms": nonkey,
+            "avg_ms": avg,
+            "avg_model_only_ms": avg,
+            "total_ms": avg + 1,
+        }
+
+    models = {
+        "cpu": {"perframe": row(20.0, None), "twnet": row(20.0, 8.0)},
+        "onnxruntime": {"perframe": row(8.0, None), "twnet": row(8.0, 6.0)},
+    }
+    out = compare(models, ["cpu", "onnxruntime"])
+    assert out["twnet"]["nonkey_ms"] == {"cpu": 8.0, "onnxruntime": 6.0}
+    assert out["twnet"]["ratio"]["onnxruntime"] == pytest.approx(
+        {"key": 0.4, "nonkey": 0.75, "avg": 0.75, "total": 7 / 9}
+    )
+    assert set(out["perframe"]["ratio"]["onnxruntime"]) == {"key", "avg", "total"}
 
 
 def test_repeats_scale_with_pixels_and_frames_move() -> None:
@@ -101,3 +183,12 @@ def test_time_colour_keys_and_restores_opencv_threads() -> None:
     c = time_colour((64, 48), samples=3)
     assert set(c) == {"colorize_ms", "overlay_ms", "total_ms", "samples", "cv_threads"} and c["samples"] == 3
     assert c["total_ms"] >= c["overlay_ms"] > 0 and cv2.getNumThreads() == before
+
+
+def test_unknown_compare_backend_fails_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert vidseg(["bench", "--sizes", "64x48", "--node-frames", "0", "--compare", "cpu,tpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "vidseg bench: error: --compare takes auto, none or backends from cpu|cuda|tensorrt|onnxruntime, "
+        "got 'tpu'"
+    )

@@ -72,6 +72,22 @@ def backend_request(device: str, backend: str) -> str:
     return "auto"
 
 
+def first_max_ids(scores: torch.Tensor) -> torch.Tensor:
+    """uint8 index of the first maximum over the classes of contiguous ``[C, H, W]`` scores (C < 256).
+
+    The ids of ``max(dim=0).indices``, in three passes that reduce over the outer dimension, which PyTorch
+    vectorises: class c scores ``C - c`` where it reaches the maximum, so the largest score marks the first
+    maximum. On onnxruntime's contiguous logits with 9 classes this took 2.6 against 3.6 ms at 640x480 and
+    0.69 against 0.94 ms at 320x240 (1 thread); on channels-last logits the reductions run along the classes
+    and are slower.
+    """
+    c = int(scores.shape[0])
+    top = scores.amax(dim=0, keepdim=True)
+    rank = torch.arange(c, 0, -1, dtype=torch.uint8).view(c, 1, 1)
+    # Clamped so that a NaN score (never equal to the maximum) still gives a valid class id.
+    return (c - (scores == top).to(torch.uint8).mul_(rank).amax(dim=0)).clamp_(max=c - 1).to(torch.uint8)
+
+
 @dataclass(frozen=True)
 class FrameTensors:
     """A frame prepared for the model: normalised image at inference size and a small grey image for flow."""
@@ -134,7 +150,14 @@ class Segmenter:
     def prepare(self, rgb: np.ndarray) -> FrameTensors:
         """Resize, upload and normalise one ``[H, W, 3]`` uint8 RGB frame."""
         small = resize_image(rgb, self.input_size)
-        x = torch.from_numpy(small).to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0).float()
+        x = torch.from_numpy(small).to(self.device, non_blocking=True).permute(2, 0, 1)
+        if self.device.type == "cpu":
+            # Contiguous (NCHW) while still uint8, where the copy is cheapest. Left channels-last, the float image
+            # was copied again by the onnxruntime backend at every step (its non-key steps read two images);
+            # now this whole function takes 0.20 instead of 0.45 ms at 320x240 and 0.80 instead of 1.83 ms at
+            # 640x480 (1 thread), and PyTorch's steps run as fast either way. GPUs keep the layout they had.
+            x = x.contiguous()
+        x = x.unsqueeze(0).float()
         image = (x - self._mean) / self._std
         gray = None
         if self.flow is not None:
@@ -163,8 +186,12 @@ class Segmenter:
     @torch.inference_mode()
     def to_mask(self, logits: torch.Tensor, out_hw: tuple[int, int]) -> np.ndarray:
         """Arg-max at inference size, downloaded as uint8, then enlarged to ``out_hw`` (nearest, centred)."""
-        # max().indices rather than argmax(): the same ids, faster on CPU (1.0 against 1.6 ms at 320x240, 9 classes).
-        ids = logits[0].max(dim=0).indices.to(torch.uint8).cpu().numpy()
+        if logits.device.type == "cpu" and logits.is_contiguous() and logits.shape[1] < 256:
+            ids = first_max_ids(logits[0]).numpy()
+        else:
+            # max().indices rather than argmax(): the same ids, faster on CPU (1.0 against 1.6 ms at 320x240,
+            # 9 classes, channels-last logits as PyTorch's upsampling leaves them).
+            ids = logits[0].max(dim=0).indices.to(torch.uint8).cpu().numpy()
         if ids.shape != out_hw:
             ids = cv2.resize(ids, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_NEAREST_EXACT)
         return ids

@@ -1,54 +1,92 @@
-"""``vidseg bench``: per-frame vs NetWarp vs TWNet, the node's stages and its end-to-end latency, in one run.
+"""``vidseg bench``: per-frame vs NetWarp vs TWNet, PyTorch vs onnxruntime, the node's stages and its end-to-end
+latency, in one run.
 
-Everything is timed on the current machine in one process (plus one ``seg_node`` child), so the ratios compare
+Everything is timed on the current machine in one process (plus ``seg_node`` children), so the ratios compare
 like with like. Times are medians over repeats (p50); "inference" is the model step alone, and the ratios to
-per-frame divide by the per-frame model step at the same size.
+per-frame divide by the per-frame model step at the same size and on the same backend. On a CPU the run times
+PyTorch (``cpu``) and onnxruntime side by side by default, interleaved round by round (``--compare``).
 
-JSON written with ``--json`` (format ``vidseg-bench/1``)::
+The work is split into :mod:`~vidseg_ros.tools.bench_measure` (models and timing),
+:mod:`~vidseg_ros.tools.bench_report` (targets, report, chart) and :mod:`vidseg_ros.ros.bench_node` (rclpy
+and the ``seg_node`` children).
+
+JSON written with ``--json`` (format ``vidseg-bench/1``; keys marked + were added later, the rest unchanged)::
 
     machine        platform, cores, torch version and threads, load average at start and end
     config         sizes (WxH), repeats per size, backbone, width_mult, key_interval, flow_downscale, models,
-                   backend, precision, backend_reason, device
-    models         {size: {method: {key_ms, nonkey_ms, flow_ms, avg_ms, stages_ms}}}; avg_ms is the mean model
-                   time per frame at key_interval (non-key frames include flow); stages_ms is the average
-                   frame split into decode, preprocess, flow, inference, postprocess, publish
+                   backend, precision, backend_reason, device (of --backend, the main backend);
+                   + compare: the backend names timed side by side (baseline first)
+    models         {size: {method: {key_ms, nonkey_ms, flow_ms, avg_ms, stages_ms}}} of the main backend; avg_ms
+                   is the mean model time per frame at key_interval (non-key frames include flow); stages_ms is
+                   the average frame split into decode, preprocess, flow, inference, postprocess, publish
+  + backends       {name: {backend, precision, reason, device, models}}: every timed backend, the main one
+                   included; models as above
+  + comparison     {backends: [baseline, other...], sizes: {size: {method: {key_ms, nonkey_ms, avg_ms,
+                   avg_model_only_ms, total_ms: {backend: ms}, ratio: {other: {key, nonkey, avg, total}}}}}},
+                   or {skipped: reason} when one backend is timed
     io             {size: {decode_ms, encode_ms, publish_ms, total_ms, samples}}  (real rclpy publisher)
-    netwarp_extra  {size: {flow_ms, flowcnn_warp_ms, extra_ms, fraction_of_perframe}}
+    netwarp_extra  {size: {flow_ms, flowcnn_warp_ms, extra_ms, fraction_of_perframe}}  (main backend)
     dis_fraction   {size: DIS flow time / per-frame model time}
     node_overhead  decode + encode + publish p50 at the first size, without the model
     colour         {size: {colorize_ms, overlay_ms, total_ms, samples, cv_threads}} at the sizes plus 768x576:
                    palette.colorize and palette.overlay p50 on a full-size mask of ids enlarged from 1/4 size
                    (total: both, what the node spends when both topics are subscribed), one OpenCV thread
-    node_latency   seg_node child: publish -> mask received p50/p90, node stage p50s, bare Stream.step p50
-                   and the difference; or {"skipped": reason}
-    targets        [{name, size, value, limit, pass, detail}] for the issue's four targets and colour + overlay
+    node_latency   seg_node child on the main backend: publish -> mask received p50/p90, node stage p50s, bare
+                   Stream.step p50 on the same backend and the difference (+ backend); or {"skipped": reason}
+  + node_compare   {method: {size, backends, frames, answered, answered_fraction, total_p50_ms, e2e_p50_ms,
+                   ratio, agreement_mean, agreement_min}} for NetWarp and TWNet at the first size: a PyTorch and
+                   an onnxruntime seg_node fed the same frames in turn; or {"skipped": reason}
+    targets        [{name, size, value, limit, unit, pass, detail, + op, + backend}]: the issue targets per
+                   backend (NetWarp and TWNet ratios), DIS, node overhead, colour + overlay and the seg_node
+                   comparison
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
-import statistics
 import sys
-import textwrap
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from vidseg_ros.tools.bench_measure import (
+    COLOUR_SIZE,
+    METHODS,
+    STAGES,
+    Loaded,
+    compare,
+    load_models,
+    p50,
+    repeats_for,
+    summarise,
+    synthetic_frames,
+    time_colour,
+    time_models,
+)
+from vidseg_ros.tools.bench_report import evaluate_targets, plot, print_report
 from vidseg_ros.tools.export import parse_size
 
+__all__ = [
+    "METHODS",
+    "STAGES",
+    "Loaded",
+    "add_arguments",
+    "repeats_for",
+    "run",
+    "synthetic_frames",
+    "time_colour",
+]
+
 FORMAT = "vidseg-bench/1"
-METHODS = ("perframe", "netwarp", "twnet")
-REF_PIXELS = 640 * 480
-DEFAULT_WIDTH = 0.5
-STAGES = ("decode", "preprocess", "flow", "inference", "postprocess", "publish")
-COLOUR_SIZE = (768, 576)  # the camera size of the colour + overlay target
-COLOUR_LIMIT_MS = 2.0
+BACKEND_CHOICES = ("auto", "cpu", "cuda", "tensorrt", "onnxruntime")
+#: The CPU backends ``--compare auto`` puts side by side: PyTorch eager (the baseline) and onnxruntime.
+CPU_PAIR = ("cpu", "onnxruntime")
+#: DIS refuses smaller images (OpenCV asserts on the pyramid); 12x12 passes with every preset.
+DIS_MIN_SIDE = 12
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
@@ -72,7 +110,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--width-mult",
         type=float,
-        help=f"MobileNetV2 width (default: the checkpoints', else {DEFAULT_WIDTH}).",
+        help="MobileNetV2 width (default: the checkpoints', else 0.5).",
     )
     p.add_argument("--checkpoint-dir", type=Path, help="Where to look for <method>_<backbone>_*.pt.")
     p.add_argument("--key-interval", type=int, default=12, help="TWNet/NetWarp key interval for averages.")
@@ -81,376 +119,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=0,
-        help="torch intra-op threads; 0: torch's default, or 1 when the machine is already busy.",
+        help="torch and onnxruntime intra-op threads; 0: torch's default, or 1 when the machine is already busy.",
     )
     p.add_argument(
-        "--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"), help="Where the steps run."
+        "--backend", default="auto", choices=BACKEND_CHOICES, help="Where the steps run (main backend)."
+    )
+    p.add_argument(
+        "--compare",
+        default="auto",
+        help="Backends timed side by side with --backend, comma-separated (cpu, onnxruntime, cuda, tensorrt), "
+        "or none. auto: PyTorch cpu and onnxruntime when the main backend runs on the CPU and onnxruntime "
+        "imports. The first is the baseline of the ratios (cpu when present).",
     )
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="Step precision.")
     p.add_argument("--node-frames", type=int, default=30, help="Frames sent to seg_node (0: skip the node).")
 
 
-# ------------------------------------------------------------------------------------------------ helpers
-def p50(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
-
-
-def synthetic_frames(w: int, h: int, n: int, seed: int = 0) -> list[np.ndarray]:
-    """A textured scene panning 3 px right and 1 px down per frame, so DIS has real motion to find."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    pad = 3 * n + 8
-    big = (w + 2 * pad, h + 2 * pad)
-    coarse = rng.integers(0, 256, (big[1] // 16 + 2, big[0] // 16 + 2, 3), dtype=np.uint8)
-    scene = cv2.resize(coarse, big, interpolation=cv2.INTER_CUBIC)
-    scene = np.clip(scene.astype(np.int16) + rng.integers(-20, 21, scene.shape), 0, 255).astype(np.uint8)
-    return [
-        np.ascontiguousarray(scene[pad + t : pad + t + h, pad + 3 * t : pad + 3 * t + w]) for t in range(n)
-    ]
-
-
-def repeats_for(size: tuple[int, int], repeats: int) -> int:
-    scaled = round(repeats * REF_PIXELS / (size[0] * size[1]))
-    return max(min(3, repeats), min(repeats, scaled))
-
-
-@dataclass
-class Loaded:
-    model: Any
-    meta: Any
-    source: str
-    checkpoint: Path | None
-
-
-def load_models(args: argparse.Namespace) -> dict[str, Loaded]:
-    """Shipped (or --checkpoint-dir) checkpoints of the requested architecture, else untrained models."""
-    from vidseg_ros.classes import SYNTH_CLASSES, SYNTH_PALETTE
-    from vidseg_ros.models.registry import build_model
-    from vidseg_ros.runtime.checkpoint import CheckpointError, ModelMeta, load_checkpoint, packaged_checkpoint
-
-    folder = args.checkpoint_dir or packaged_checkpoint("x").parent
-    width = args.width_mult if args.backbone == "mobilenetv2" else 1.0
-    out = {}
-    for method in METHODS:
-        found = None
-        for path in sorted(folder.glob(f"{method}_{args.backbone}_*.pt")):
-            try:
-                model, meta = load_checkpoint(path)
-            except CheckpointError as e:
-                print(f"  ignoring {path.name}: {e}")
-                continue
-            # Without --width-mult the first checkpoint sets the width; all methods must share it.
-            width = meta.arch.get("width_mult", 1.0) if width is None else width
-            if meta.arch.get("width_mult", 1.0) == width:
-                found = Loaded(model, meta, path.name, path)
-                break
-            print(f"  ignoring {path.name}: width_mult {meta.arch.get('width_mult')} != {width}")
-        if found is None:
-            width = DEFAULT_WIDTH if width is None else width
-            model = build_model(
-                method, backbone=args.backbone, width_mult=width, num_classes=len(SYNTH_CLASSES)
-            )
-            arch = {"method": method, **model.config()}
-            meta = ModelMeta(method, arch, list(SYNTH_CLASSES), [list(c) for c in SYNTH_PALETTE])
-            found = Loaded(model.eval(), meta, "untrained (timing does not depend on weights)", None)
-        out[method] = found
-    return out
-
-
-# ------------------------------------------------------------------------------------------ measurements
-def time_models(
-    loaded: dict[str, Loaded],
-    backends: dict[str, Any],
-    size: tuple[int, int],
-    repeats: int,
-    args: argparse.Namespace,
-    bar: Any,
-) -> dict[str, dict[str, list[float]]]:
-    """Per method: lists of preprocess, flow, key/nonkey inference and postprocess times (ms).
-
-    The segmenter does what the node does around the model (upload, resize, DIS, arg-max, download); the
-    steps run on the selected backend. CUDA work is synchronised before each clock read.
-    """
-    import torch
-
-    from vidseg_ros.runtime.segmenter import Segmenter
-    from vidseg_ros.runtime.steps import default_flow_hw
-
-    w, h = size
-    frames = synthetic_frames(w, h, repeats + 2)
-    segs = {}
-    for m, x in loaded.items():
-        backend = backends[m]
-        backend.prepare((h, w), default_flow_hw((h, w), args.flow_downscale))
-        segs[m] = Segmenter(
-            x.model, x.meta, device=backend.device, input_size=size, flow_downscale=args.flow_downscale
-        )
-    samples: dict[str, dict[str, list[float]]] = {m: {} for m in segs}
-
-    def add(method: str, name: str, seconds: float) -> None:
-        samples[method].setdefault(name, []).append(seconds * 1e3)
-
-    def clock(device: Any) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
-
-    # Repeat 0 warms up (allocator, oneDNN primitives for these shapes) and is not recorded.
-    for r in range(repeats + 1):
-        for method, seg in segs.items():  # interleaved, so drift of the machine hits all methods alike
-            backend, dev = backends[method], seg.device
-            prev = seg.prepare(frames[r])
-            t0 = clock(dev)
-            cur = seg.prepare(frames[r + 1])
-            t1 = clock(dev)
-            logits, state = backend.key_step(cur.image)
-            t2 = clock(dev)
-            seg.to_mask(logits, (h, w))
-            t3 = clock(dev)
-            if r:
-                add(method, "preprocess", t1 - t0)
-                add(method, "key", t2 - t1)
-                add(method, "postprocess", t3 - t2)
-            else:
-                samples[method]["gflop_key"] = [_gflop(seg.model.key_step, cur.image)]
-            if seg.uses_motion:
-                t0 = clock(dev)
-                flow = seg.motion(cur, prev)
-                t1 = clock(dev)
-                backend.nonkey_step(cur.image, prev.image, flow, state)
-                t2 = clock(dev)
-                if r:
-                    add(method, "flow", t1 - t0)
-                    add(method, "nonkey", t2 - t1)
-                else:
-                    args_nk = (cur.image, prev.image, flow, state)
-                    samples[method]["gflop_nonkey"] = [_gflop(seg.model.nonkey_step, *args_nk)]
-        bar.update(1)
-    return samples
-
-
-def time_colour(size: tuple[int, int], samples: int = 50) -> dict[str, Any]:
-    """p50 of colouring a full-size mask and of the overlay, as the node runs them per published frame.
-
-    One OpenCV thread: the target is per core, and a pool on cores busy with inference measures the neighbours.
-    """
-    import cv2
-
-    from vidseg_ros.classes import SYNTH_PALETTE
-    from vidseg_ros.palette import colorize, overlay, palette_lut
-
-    w, h = size
-    rgb, lut = synthetic_frames(w, h, 1)[0], palette_lut(SYNTH_PALETTE)
-    # Ids at a quarter of the size, enlarged as Segmenter.to_mask enlarges them: regions, not noise.
-    small = (rgb[::4, ::4, 0] // 29).astype(np.uint8)
-    mask = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    times: dict[str, list[float]] = {"colorize_ms": [], "overlay_ms": []}
-    try:
-        for i in range(samples + 2):  # two warm-up rounds
-            t0 = time.perf_counter()
-            colorize(mask, lut)
-            t1 = time.perf_counter()
-            overlay(rgb, mask, lut, 0.5)
-            t2 = time.perf_counter()
-            if i >= 2:
-                times["colorize_ms"].append((t1 - t0) * 1e3)
-                times["overlay_ms"].append((t2 - t1) * 1e3)
-    finally:
-        cv2.setNumThreads(threads)
-    out = {name: p50(v) for name, v in times.items()}
-    return {**out, "total_ms": out["colorize_ms"] + out["overlay_ms"], "samples": samples, "cv_threads": 1}
-
-
-def _gflop(step: Any, *inputs: Any) -> float:
-    """Multiply-adds x 2 of convolutions and matmuls (what FLOP counts usually mean), in GFLOP."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        step(*inputs)
-    return counter.get_total_flops() / 1e9
-
-
-def summarise(samples: dict[str, dict[str, list[float]]], io: dict[str, float], k: int) -> dict[str, Any]:
-    out = {}
-    for method, s in samples.items():
-        key = p50(s["key"])
-        flow = p50(s["flow"]) if "flow" in s else 0.0
-        nonkey = p50(s["nonkey"]) if "nonkey" in s else key
-        # Every k-th frame is a key frame; the others run the non-key step on flow.
-        avg_inf = (key + (k - 1) * nonkey) / k if "nonkey" in s else key
-        avg_flow = flow * (k - 1) / k
-        stages = {
-            "decode": io["decode_ms"],
-            "preprocess": p50(s["preprocess"]),
-            "flow": avg_flow,
-            "inference": avg_inf,
-            "postprocess": p50(s["postprocess"]),
-            "publish": io["encode_ms"] + io["publish_ms"],
-        }
-        gk = s["gflop_key"][0]
-        gn = s["gflop_nonkey"][0] if "gflop_nonkey" in s else gk
-        out[method] = {
-            "gflop_key": gk,
-            "gflop_nonkey": gn if "nonkey" in s else None,
-            "gflop_avg": (gk + (k - 1) * gn) / k,
-            "key_ms": key,
-            "nonkey_ms": nonkey if "nonkey" in s else None,
-            "flow_ms": flow if "flow" in s else None,
-            "avg_ms": avg_inf + avg_flow,
-            "avg_model_only_ms": avg_inf,
-            "stages_ms": stages,
-            "total_ms": sum(stages.values()),
-            "samples": len(s["key"]),
-        }
-    return out
-
-
-def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    models, ref = result["models"], result["config"]["sizes"][0]
-    out = []
-
-    def target(name: str, size: str, value: float, limit: float, unit: str, detail: str) -> None:
-        ok = bool(np.isfinite(value) and value <= limit)
-        out.append(
-            {
-                "name": name,
-                "size": size,
-                "value": value,
-                "limit": limit,
-                "unit": unit,
-                "pass": ok,
-                "detail": detail,
-            }
-        )
-
-    for size, m in models.items():
-        pf = m["perframe"]["key_ms"]
-        target("netwarp_vs_perframe_excl_flow", size, m["netwarp"]["nonkey_ms"] / pf, 1.15, "x",
-               "NetWarp non-key step / per-frame step")  # fmt: skip
-        target("twnet_avg_vs_perframe", size, m["twnet"]["avg_ms"] / pf, 0.6, "x",
-               f"TWNet mean per frame at key interval {result['config']['key_interval']} incl. flow / per-frame")  # fmt: skip
-    target("dis_vs_perframe", ref, result["dis_fraction"][ref], 0.15, "x", "DIS flow / per-frame step")
-    target(
-        "node_overhead_p50", ref, result["node_overhead"]["total_ms"], 3.0, "ms", "decode + encode + publish"
-    )
-    size = "x".join(map(str, COLOUR_SIZE))
-    target("colour_overlay_p50", size, result["colour"][size]["total_ms"], COLOUR_LIMIT_MS, "ms",
-           "colorize + overlay, 1 OpenCV thread")  # fmt: skip
-    return out
-
-
-def print_report(result: dict[str, Any]) -> None:
-    cfg, models = result["config"], result["models"]
-    k = cfg["key_interval"]
-
-    def f(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1f}" if v >= 1 else f"{v:.2f}"
-
-    print(
-        f"\nModel steps, ms (p50); avg@{k}: mean per frame with a key frame every {k}, non-key frames incl. flow;"
-    )
-    print("ratios to the per-frame step; GFLOP: conv/matmul multiply-adds x2")
-    head = ("key", "non-key", "flow", f"avg@{k}", "nk/pf", "avg/pf", "GFLOP k", "GFLOP nk", "FLOPavg/pf")
-    print(f"{'size':10} {'method':9}" + "".join(f"{c:>11}" for c in head))
-    for size, m in models.items():
-        pf, pf_flop = m["perframe"]["key_ms"], m["perframe"]["gflop_key"]
-        for method, r in m.items():
-            nk = r["nonkey_ms"] or r["key_ms"]
-            cells = [f(r["key_ms"]), f(r["nonkey_ms"]), f(r["flow_ms"]), f(r["avg_ms"])]
-            cells += [f"{nk / pf:.2f}x", f"{r['avg_ms'] / pf:.2f}x", f"{r['gflop_key']:.3g}"]
-            cells += [
-                "-" if r["gflop_nonkey"] is None else f"{r['gflop_nonkey']:.3g}",
-                f"{r['gflop_avg'] / pf_flop:.2f}x",
-            ]
-            print(f"{size:10} {method:9}" + "".join(f"{c:>11}" for c in cells))
-    print("\nAverage frame by stage, ms (p50; decode/publish from the rclpy measurement at that size)")
-    print(f"{'size':10} {'method':9} " + " ".join(f"{s:>11}" for s in STAGES) + f" {'total':>8}")
-    for size, m in models.items():
-        for method, r in m.items():
-            print(
-                f"{size:10} {method:9} "
-                + " ".join(f"{f(r['stages_ms'][s]):>11}" for s in STAGES)
-                + f" {f(r['total_ms']):>8}"
-            )
-    print("\nNetWarp extra cost per frame (flow + FlowCNN + warp + fusion), ms")
-    for size, x in result["netwarp_extra"].items():
-        print(f"{size:10} flow {f(x['flow_ms'])} + FlowCNN/warp {f(x['flowcnn_warp_ms'])} = {f(x['extra_ms'])}"
-              f" = {100 * x['fraction_of_perframe']:.1f}% of per-frame")  # fmt: skip
-    for size, frac in result["dis_fraction"].items():
-        print(f"DIS flow at {size}: {100 * frac:.1f}% of the per-frame step")
-    io = result["node_overhead"]
-    print(f"\nNode overhead without the model at {io['size']} (p50): decode {io['decode_ms']:.3f} + encode "
-          f"{io['encode_ms']:.3f} + publish {io['publish_ms']:.3f} = {io['total_ms']:.3f} ms")  # fmt: skip
-    print(f"\nColour + overlay per published frame, ms (p50, 1 OpenCV thread; target <= {COLOUR_LIMIT_MS:g} at "
-          f"{COLOUR_SIZE[0]}x{COLOUR_SIZE[1]})")  # fmt: skip
-    print(f"{'size':10} {'colorize':>9} {'overlay':>9} {'total':>9}")
-    for size, c in result["colour"].items():
-        verdict = ""
-        if size == "x".join(map(str, COLOUR_SIZE)):
-            verdict = "  PASS" if c["total_ms"] <= COLOUR_LIMIT_MS else "  MISS"
-        print(f"{size:10} {c['colorize_ms']:9.3f} {c['overlay_ms']:9.3f} {c['total_ms']:9.3f}{verdict}")
-    nl = result["node_latency"]
-    if "skipped" in nl:
-        print(f"Node end-to-end: skipped ({nl['skipped']})")
-    else:
-        st = nl["node_stages_p50_ms"]
-        print(f"Node end-to-end, {nl['method']} at {nl['size']}, {nl['frames']} frames: publish -> mask p50 "
-              f"{nl['e2e_p50_ms']:.1f} ms (p90 {nl['e2e_p90_ms']:.1f}); node's own total p50 {st.get('total', float('nan')):.1f};"
-              f" bare Stream.step p50 {nl['bare_step_p50_ms']:.1f}; overhead {nl['overhead_p50_ms']:.1f} ms")  # fmt: skip
-    print("\nTargets")
-    for t in result["targets"]:
-        unit = "ms" if t["unit"] == "ms" else "x"
-        print(f"  {'PASS' if t['pass'] else 'MISS'}  {t['name']:30} {t['size']:10} {t['value']:.3f}{unit} <= {t['limit']:g}{unit}"
-              f"  ({t['detail']})")  # fmt: skip
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models, cfg = result["models"], result["config"]
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
-    colors = plt.get_cmap("tab10").colors
-    for ax, (size, m) in zip(axes[0], models.items(), strict=True):
-        bottom = np.zeros(len(m))
-        for i, stage in enumerate(STAGES):
-            vals = np.array([r["stages_ms"][stage] for r in m.values()])
-            ax.bar(list(m), vals, bottom=bottom, color=colors[i], label=stage)
-            bottom += vals
-        for x, total in enumerate(bottom):
-            ax.text(x, total, f"{total:.0f}", ha="center", va="bottom", fontsize=8)
-        ax.set_title(size)
-        ax.set_ylabel(f"ms per frame (avg, key every {result['config']['key_interval']})")
-    axes[0][0].legend(fontsize=7)
-    verdicts = ", ".join(
-        f"{t['name']}@{t['size']} {'PASS' if t['pass'] else 'MISS'}" for t in result["targets"]
-    )
-    fig.suptitle(
-        "\n".join(
-            [
-                f"vidseg bench: {result['machine']['summary']}, {cfg['backend']} {cfg['precision']} on {cfg['device']}",
-                *textwrap.wrap(verdicts, 120),
-            ]
-        ),
-        fontsize=7,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------------------- main
-#: DIS refuses smaller images (OpenCV asserts on the pyramid); 12x12 passes with every preset.
-DIS_MIN_SIDE = 12
-
-
+# ------------------------------------------------------------------------------------------------- checks
 def _output_problem(path: Path, option: str) -> str | None:
     """Why ``path`` cannot be written at the end of the run (its folder is created now), or None."""
     if path.is_dir():
@@ -472,6 +157,11 @@ def _request_problem(args: argparse.Namespace) -> str | None:
         return f"--flow-downscale must be >= 1, got {args.flow_downscale}"
     if args.width_mult is not None and not args.width_mult > 0:
         return f"--width-mult must be > 0, got {args.width_mult:g}"
+    unknown = [b for b in args.compare.split(",") if b.strip() not in (*BACKEND_CHOICES[1:], "auto", "none")]
+    if unknown:
+        return (
+            f"--compare takes auto, none or backends from {'|'.join(BACKEND_CHOICES[1:])}, got {unknown[0]!r}"
+        )
     for w, h in args.sizes:
         fw, fh = w // args.flow_downscale, h // args.flow_downscale
         if min(fw, fh) < DIS_MIN_SIDE:
@@ -489,18 +179,76 @@ def _request_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
+# --------------------------------------------------------------------------------------------- backends
+def compared_names(main: str, request: str) -> tuple[list[str], str | None]:
+    """The backends to time, baseline first, and why only the main one when that is all.
 
-    from vidseg_ros.runtime.backends import BackendUnavailable, select_backend
+    Args:
+        main: Name of the main backend (``select_backend``'s pick for ``--backend``).
+        request: ``--compare``: ``auto``, ``none`` or a comma-separated list.
+    """
+    from vidseg_ros.runtime.ort_backend import onnxruntime_problem
+
+    if request.strip() == "none":
+        return [main], "--compare none"
+    if request.strip() == "auto":
+        if main not in CPU_PAIR:
+            return [main], f"main backend {main} is not a CPU backend; pass --compare to add others"
+        problem = onnxruntime_problem()
+        return ([main], problem) if problem else (list(CPU_PAIR), None)
+    names = list(dict.fromkeys([main, *(b.strip() for b in request.split(",") if b.strip() != "auto")]))
+    names.sort(key=lambda n: n != "cpu")  # PyTorch on the CPU is the baseline when it is there
+    return names, None if len(names) > 1 else f"--compare {request} adds nothing to {main}"
+
+
+def build_runs(
+    loaded: dict[str, Loaded], names: list[str], main: dict[str, Any], args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
+    """``{name: {method: backend}}``: the main backends as built, the others built now on copies of the models."""
+    from vidseg_ros.runtime.backends import select_backend
     from vidseg_ros.runtime.checkpoint import file_hash
 
-    problem = _request_problem(args)
-    if problem:
-        print(f"vidseg bench: error: {problem}", file=sys.stderr)
-        return 2
-    started = time.monotonic()
+    main_name = main["perframe"].name
+    runs: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name == main_name:
+            runs[name] = main
+            continue
+        precision = args.precision if name in ("cuda", "tensorrt") else "fp32"
+        runs[name] = {
+            # A copy: a backend moves its model to its own device, and the main backend keeps using the original.
+            m: select_backend(
+                name,
+                copy.deepcopy(x.model),
+                precision=precision,
+                model_hash=file_hash(x.checkpoint) if x.checkpoint else None,
+                progress=print,
+            )[0]
+            for m, x in loaded.items()
+        }
+    return runs
+
+
+def _backend_entry(backend: Any) -> dict[str, Any]:
+    return {
+        "backend": backend.name,
+        "precision": backend.precision,
+        "reason": backend.reason,
+        "device": str(backend.device),
+        "models": {},
+    }
+
+
+# ------------------------------------------------------------------------------------------------- main
+def _fail(message: str) -> int:
+    print(f"vidseg bench: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _machine(args: argparse.Namespace) -> dict[str, Any]:
+    """Platform facts; sets one thread when the machine is already busy and --threads was not given."""
+    import torch
+
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     threads_note = "--threads" if args.threads else "torch default"
     if not args.threads and torch.get_num_threads() > 1 and load >= 0.5 * cores:
@@ -510,8 +258,6 @@ def run(args: argparse.Namespace) -> int:
         threads_note = f"auto: load average {load:.1f} on {cores} cores, so 1 thread; --threads N overrides"
     if args.threads:
         torch.set_num_threads(args.threads)
-    label = [f"{w}x{h}" for w, h in args.sizes]
-    reps = {lab: repeats_for(size, args.repeats) for lab, size in zip(label, args.sizes, strict=True)}
     machine = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -522,16 +268,31 @@ def run(args: argparse.Namespace) -> int:
         "loadavg_start": [load, *os.getloadavg()[1:]],
     }
     machine["summary"] = f"{cores} cores, torch {torch.__version__} ({machine['threads']} threads)"
-    print(f"vidseg bench on {machine['summary']} [{threads_note}]")
+    return machine
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from vidseg_ros.runtime.backends import BackendUnavailable, select_backend
+    from vidseg_ros.runtime.checkpoint import file_hash
+
+    problem = _request_problem(args)
+    if problem:
+        return _fail(problem)
+    started = time.monotonic()
+    machine = _machine(args)
+    label = [f"{w}x{h}" for w, h in args.sizes]
+    reps = {lab: repeats_for(size, args.repeats) for lab, size in zip(label, args.sizes, strict=True)}
+    print(f"vidseg bench on {machine['summary']} [{machine['threads_note']}]")
     try:
         loaded = load_models(args)
     except ValueError as e:  # an architecture build_model refuses
-        print(f"vidseg bench: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e))
     for method, x in loaded.items():
         print(f"  {method:9} {x.source}")
     try:
-        backends = {
+        main = {
             m: select_backend(
                 args.backend,
                 x.model,
@@ -541,11 +302,16 @@ def run(args: argparse.Namespace) -> int:
             )[0]
             for m, x in loaded.items()
         }
-    except (BackendUnavailable, ValueError) as e:
-        print(f"vidseg bench: error: {e}", file=sys.stderr)
-        return 2
-    backend = backends["perframe"]
+        backend = main["perframe"]
+        names, alone = compared_names(backend.name, args.compare)
+        runs = build_runs(loaded, names, main, args)
+    except (BackendUnavailable, ValueError, RuntimeError) as e:
+        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     print(f"  backend {backend.name} ({backend.precision}) on {backend.device}: {backend.reason}")
+    for name in names:
+        if name != backend.name:
+            b = runs[name]["perframe"]
+            print(f"  side by side: {b.name} ({b.precision}) on {b.device}: {b.reason}")
     result: dict[str, Any] = {
         "format": FORMAT,
         "machine": machine,
@@ -561,26 +327,38 @@ def run(args: argparse.Namespace) -> int:
             "precision": backend.precision,
             "backend_reason": backend.reason,
             "device": str(backend.device),
+            "compare": names,
         },
         "models": {},
+        "backends": {name: _backend_entry(runs[name]["perframe"]) for name in names},
+        "comparison": {"skipped": alone} if alone else {"backends": names, "sizes": {}},
         "io": {},
         "netwarp_extra": {},
         "dis_fraction": {},
         "colour": {},
     }
-    from vidseg_ros.ros.bench_node import RosIO, node_latency
+    from vidseg_ros.ros.bench_node import RosIO, node_compare, node_latency
 
     io = RosIO()
     try:
         with tqdm(total=sum(r + 1 for r in reps.values()), desc="bench", unit="round") as bar:
             for lab, size in zip(label, args.sizes, strict=True):
                 bar.set_description(f"bench {lab}")
-                samples = time_models(loaded, backends, size, reps[lab], args, bar)
+                samples = time_models(loaded, runs, size, reps[lab], args, bar)
                 io_result = io.time_io(size, samples=200)
-                models = summarise(samples, io_result, args.key_interval)
-                result["io"][lab], result["models"][lab] = io_result, models
-                pf, nw = models["perframe"]["key_ms"], samples["netwarp"]
-                flow = p50(samples["netwarp"]["flow"] + samples["twnet"]["flow"])
+                result["io"][lab] = io_result
+                for name in names:
+                    result["backends"][name]["models"][lab] = summarise(
+                        samples[name], io_result, args.key_interval
+                    )
+                models = result["models"][lab] = result["backends"][backend.name]["models"][lab]
+                if not alone:
+                    result["comparison"]["sizes"][lab] = compare(
+                        {n: result["backends"][n]["models"][lab] for n in names}, names
+                    )
+                main_samples = samples[backend.name]
+                pf, nw = models["perframe"]["key_ms"], main_samples["netwarp"]
+                flow = p50(main_samples["netwarp"]["flow"] + main_samples["twnet"]["flow"])
                 cnn = max(0.0, p50(nw["nonkey"]) - p50(nw["key"]))
                 result["netwarp_extra"][lab] = {
                     "flow_ms": flow,
@@ -594,9 +372,15 @@ def run(args: argparse.Namespace) -> int:
             result["colour"]["x".join(map(str, size))] = time_colour(size)
         if args.node_frames > 0:
             print(f"seg_node end to end at {label[0]} ({args.node_frames} frames)...", flush=True)
-            result["node_latency"] = node_latency(loaded["netwarp"], args.sizes[0], args, io)
+            result["node_latency"] = node_latency(loaded["netwarp"], args.sizes[0], args, io, main["netwarp"])
+            if set(CPU_PAIR) <= set(names):
+                videos = {m: loaded[m] for m in ("netwarp", "twnet")}
+                result["node_compare"] = node_compare(videos, args.sizes[0], args, io, CPU_PAIR)
+            else:
+                result["node_compare"] = {"skipped": f"needs backends {' and '.join(CPU_PAIR)} side by side"}
         else:
             result["node_latency"] = {"skipped": "--node-frames 0"}
+            result["node_compare"] = {"skipped": "--node-frames 0"}
     finally:
         io.close()
     machine["loadavg_end"] = list(os.getloadavg())
@@ -606,6 +390,10 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\n(load average {machine['loadavg_start'][0]:.2f} at start, {machine['loadavg_end'][0]:.2f} at end; {machine['wall_s']:.0f} s)"
     )
+    return _write(result, args)
+
+
+def _write(result: dict[str, Any], args: argparse.Namespace) -> int:
     png = args.plot or (args.json.with_suffix(".png") if args.json else None)
     try:
         if args.json:
@@ -615,8 +403,5 @@ def run(args: argparse.Namespace) -> int:
             plot(result, png)
             print(f"wrote {png}")
     except OSError as e:  # checked at the start, but the disk can fill or the folder go in the meantime
-        print(
-            f"vidseg bench: error: cannot write {e.filename or args.json}: {e.strerror or e}", file=sys.stderr
-        )
-        return 2
+        return _fail(f"cannot write {e.filename or args.json}: {e.strerror or e}")
     return 0

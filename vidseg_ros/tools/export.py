@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,25 +62,6 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
         return float("inf")
     scale = max(float(np.abs(expected).max(initial=0.0)), 1e-12)
     return float(np.abs(actual - expected).max(initial=0.0)) / scale
-
-
-def export_onnx(spec: Any, path: Path, opset: int) -> None:
-    """Writes one flat step function to ``path``; the TorchScript exporter keeps this free of onnxscript."""
-    import torch
-
-    with warnings.catch_warnings():
-        # The tracer warns about Python ints taken from shapes: they are static by design here.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            spec.module.eval(),
-            spec.example_inputs,
-            str(path),
-            input_names=list(spec.input_names),
-            output_names=list(spec.output_names),
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
 
 
 def ort_session(path: Path) -> Any:
@@ -155,6 +135,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vidseg_ros.runtime.checkpoint import file_hash
+    from vidseg_ros.runtime.onnx_export import export_onnx
     from vidseg_ros.runtime.steps import default_flow_hw, step_specs
 
     if args.opset < 17:
