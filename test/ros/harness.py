@@ -23,6 +23,7 @@ from std_msgs.msg import Header, String
 
 from vidseg_ros.imgcodec import decode_image, encode_compressed
 from vidseg_ros.ros.convert import make_image
+from vidseg_ros.ros.replay import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 #: Stamps of the frames sent while waiting for the node to answer (sec // 1000 identifies them).
@@ -71,13 +72,7 @@ class NodeProcess:
         return code, time.monotonic() - start
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._reader.join(timeout=2)
 
 

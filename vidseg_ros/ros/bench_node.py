@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import tempfile
 import threading
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vidseg_ros.ros.replay import seg_node_executable
+from vidseg_ros.ros.replay import seg_node_executable, stop_process
 from vidseg_ros.tools.bench_measure import Loaded, p50, synthetic_frames
 
 #: The node's ``model.backend`` for each backend name of the bench.
@@ -152,13 +151,7 @@ class NodeChild:
         self.timings[self._stamp(msg.header)] = values
 
     def _stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def send(self, stamp: int, msg: Any, timeout: float) -> float | None:
         """Publishes ``msg`` and waits for its mask; the publish -> mask latency in ms, or None on timeout."""

@@ -9,6 +9,8 @@ where seg_node listens with ``input.transport:=compressed``: the node decodes wh
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -82,6 +84,17 @@ def compressed_frames(bag: str | Path, topic: str) -> list[tuple[int, Compressed
         (stamp_to_ns(m.header.stamp), CompressedFrame(m.format, bytes(m.data), m.header.frame_id))
         for _, _, m in read_messages(bag, topic)
     ]
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    """SIGINT, as Ctrl-C sends it (seg_node shuts down cleanly on it); killed after ``timeout`` s. The exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
 
 
 def seg_node_executable() -> str | None:

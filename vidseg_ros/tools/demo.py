@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -197,7 +196,7 @@ def _replay(args: argparse.Namespace, config: Path, demo: DemoInput) -> int:
     from tqdm import tqdm
 
     from vidseg_ros.data.bags import BagWriter, bag_info
-    from vidseg_ros.ros.replay import RECORDED, Replayer, seg_node_executable
+    from vidseg_ros.ros.replay import RECORDED, Replayer, seg_node_executable, stop_process
 
     started = time.monotonic()
     out: Path = args.out
@@ -247,12 +246,7 @@ def _replay(args: argparse.Namespace, config: Path, demo: DemoInput) -> int:
         replayer.drain(len(frames), timeout=remaining, quiet_s=remaining if args.offline else 3.0)
         time.sleep(1.2)  # one more /diagnostics message covering the end of the replay
     finally:
-        node.send_signal(signal.SIGINT)
-        try:
-            node_code = node.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node_code = node.wait()
+        node_code = stop_process(node)
         replayer.close()
         rclpy.shutdown()
 
