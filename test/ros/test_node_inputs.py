@@ -126,6 +126,26 @@ def test_a_compressed_topic_on_a_raw_subscription_is_named_with_the_fix(street):
         node.stop()
 
 
+def test_a_raw_subscription_hints_at_a_compressed_only_camera(street):
+    topic = "/vi/only"
+    node = NodeProcess(topic, PARAMS)  # transport raw, but the camera publishes only .../compressed
+    harness = Harness("/vi/unused2", outputs=())
+    pub = harness.node.create_publisher(
+        CompressedImage, f"{topic}/compressed", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "has no publisher" not in node.output:
+            pub.publish(compressed(header(0), street, "jpeg"))
+            time.sleep(0.2)
+        lines = [ln for ln in node.output.splitlines() if "has no publisher" in ln]
+        assert len(lines) == 1, node.output
+        assert f"{topic}/compressed" in lines[0] and "input.transport:=compressed" in lines[0]
+    finally:
+        harness.close()
+        node.stop()
+
+
 def test_frames_withheld_upstream_are_estimated_on_diagnostics(street):
     topic = "/vi/loss"
     params = {**PARAMS, "diagnostics.drop_warn_ratio": 0.2, "realtime": False, "qos.reliability": "reliable"}

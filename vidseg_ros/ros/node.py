@@ -232,6 +232,14 @@ class SegNode(LifecycleNode):
                 fix = "remap image to a sensor_msgs/Image topic (or its /compressed form with transport compressed)"
             self._warn(f"type:{other}", f"{topic} has publishers of {other}, not {want}, so no frame arrives: {fix}",
                        period_s=float("inf"))  # fmt: skip
+        if kind is Image and not self.get_publishers_info_by_topic(topic):
+            # The common case of a robot that records or streams only compressed images.
+            compressed = f"{topic}/compressed"
+            if any(i.topic_type == "sensor_msgs/msg/CompressedImage"
+                   for i in self.get_publishers_info_by_topic(compressed)):  # fmt: skip
+                self._warn("type:compressed-only", f"{topic} has no publisher, but {compressed} has "
+                           "CompressedImage publishers: set input.transport:=compressed (launch: "
+                           "transport:=compressed)", period_s=float("inf"))  # fmt: skip
 
     # ---------------------------------------------------------------- frames
     def _on_image(self, msg: Image | CompressedImage) -> None:
