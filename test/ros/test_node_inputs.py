@@ -105,45 +105,40 @@ def test_compressed_transport_matches_the_raw_reference(raw_masks, street):
         node.stop()
 
 
-def test_a_compressed_topic_on_a_raw_subscription_is_named_with_the_fix(street):
-    topic = "/vi/wrong/compressed"  # the mistake: remapping image onto a .../compressed topic
-    node = NodeProcess(topic, PARAMS)
-    harness = Harness("/vi/unused", outputs=())
+def warnings_while_publishing(
+    node_topic: str, compressed_topic: str, street: np.ndarray, text: str
+) -> list[str]:
+    """Starts a raw-transport node on ``node_topic``, publishes JPEG CompressedImage on ``compressed_topic``
+    until the node logs ``text`` (at most 30 s), and returns the node's log lines that contain it."""
+    node = NodeProcess(node_topic, PARAMS)
+    harness = Harness(f"{node_topic}/unused", outputs=())
     pub = harness.node.create_publisher(
-        CompressedImage, topic, QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        CompressedImage, compressed_topic, QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     )
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "has publishers of" not in node.output:
+        while time.monotonic() < deadline and text not in node.output:
             pub.publish(compressed(header(0), street, "jpeg"))
             time.sleep(0.2)
-        lines = [ln for ln in node.output.splitlines() if "has publishers of" in ln]
-        assert len(lines) == 1, node.output  # once, not per frame
-        assert "sensor_msgs/msg/CompressedImage" in lines[0] and "input.transport:=compressed" in lines[0]
-        assert "image:=/vi/wrong" in lines[0] and "WARN" in lines[0]
+        return [ln for ln in node.output.splitlines() if text in ln]
     finally:
         harness.close()
         node.stop()
+
+
+def test_a_compressed_topic_on_a_raw_subscription_is_named_with_the_fix(street):
+    topic = "/vi/wrong/compressed"  # the mistake: remapping image onto a .../compressed topic
+    lines = warnings_while_publishing(topic, topic, street, "has publishers of")
+    assert len(lines) == 1, lines  # once, not per frame
+    assert "sensor_msgs/msg/CompressedImage" in lines[0] and "input.transport:=compressed" in lines[0]
+    assert "image:=/vi/wrong" in lines[0] and "WARN" in lines[0]
 
 
 def test_a_raw_subscription_hints_at_a_compressed_only_camera(street):
-    topic = "/vi/only"
-    node = NodeProcess(topic, PARAMS)  # transport raw, but the camera publishes only .../compressed
-    harness = Harness("/vi/unused2", outputs=())
-    pub = harness.node.create_publisher(
-        CompressedImage, f"{topic}/compressed", QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "has no publisher" not in node.output:
-            pub.publish(compressed(header(0), street, "jpeg"))
-            time.sleep(0.2)
-        lines = [ln for ln in node.output.splitlines() if "has no publisher" in ln]
-        assert len(lines) == 1, node.output
-        assert f"{topic}/compressed" in lines[0] and "input.transport:=compressed" in lines[0]
-    finally:
-        harness.close()
-        node.stop()
+    topic = "/vi/only"  # transport raw, but the camera publishes only .../compressed
+    lines = warnings_while_publishing(topic, f"{topic}/compressed", street, "has no publisher")
+    assert len(lines) == 1, lines
+    assert f"{topic}/compressed" in lines[0] and "input.transport:=compressed" in lines[0]
 
 
 def test_frames_withheld_upstream_are_estimated_on_diagnostics(street):
