@@ -48,3 +48,35 @@ def test_hook_replaces_features_downstream() -> None:
     # p2 is zeroed, so logits are the classifier bias everywhere.
     bias = model.decoder.classifier.bias.view(1, -1, 1, 1).expand_as(out["logits"])
     torch.testing.assert_close(out["logits"], bias)
+
+
+@pytest.mark.parametrize(
+    ("classes", "low", "high"),
+    [(9, (30, 40), (120, 160)), (19, (17, 23), (68, 92)), (4, (8, 8), (24, 24)), (5, (10, 10), (25, 25))],
+)
+def test_fused_argmax_is_the_argmax_of_the_upsampled_logits(classes: int, low, high) -> None:
+    """Phases at the logits' size, then interleaved: the ids of bilinear upsampling (incl. its clamped border);
+    a ratio that is not an integer (25 / 10) upsamples first."""
+    from vidseg_ros.models.fpn import upsample_argmax
+
+    g = torch.Generator().manual_seed(classes)
+    logits = torch.randn(2, classes, *low, generator=g) * 3
+    ref = torch.nn.functional.interpolate(logits, size=high, mode="bilinear", align_corners=False)
+    ids = upsample_argmax(logits, high)
+    assert ids.dtype == torch.uint8 and ids.shape == (2, 1, *high)
+    assert torch.equal(ids, ref.argmax(dim=1, keepdim=True).to(torch.uint8))
+
+
+def test_fused_labels_switches_the_model_output_inside_the_block_only() -> None:
+    from vidseg_ros.models.fpn import fused_labels
+
+    model = PerFrameModel(num_classes=NUM_CLASSES, **TINY["mobilenetv2"]).eval()
+    image = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        logits, _ = model.key_step(image)
+        with fused_labels():
+            ids, _ = model.key_step(image)
+        after, _ = model.key_step(image)
+    assert ids.dtype == torch.uint8 and ids.shape == (1, 1, 64, 96)
+    assert (ids == logits.argmax(dim=1, keepdim=True)).float().mean() > 0.999
+    assert after.dtype == torch.float32 and torch.equal(after, logits)

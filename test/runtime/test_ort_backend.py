@@ -64,17 +64,27 @@ def _check_chain(backend: Backend, model, frames: int = 5) -> None:
             else:
                 logits, state = backend.nonkey_step(image, images[t - 1], flows[t], state)
                 ref_logits, ref_state = model.nonkey_step(image, images[t - 1], flows[t], ref_state)
-        assert logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.shape == (1, 9, *HW)
-        torch.testing.assert_close(logits, ref_logits, **TOL)
+        assert logits.device.type == "cpu"
+        if backend.output == "logits":
+            assert logits.dtype == torch.float32 and logits.shape == (1, 9, *HW)
+            torch.testing.assert_close(logits, ref_logits, **TOL)
+        else:  # the class ids of PyTorch's upsampled logits, bar near-ties
+            assert logits.dtype == torch.uint8 and logits.shape == (1, 1, *HW)
+            ref_ids = ref_logits.argmax(dim=1, keepdim=True).to(torch.uint8)
+            assert (logits == ref_ids).float().mean().item() >= 0.999, t
         assert set(state) == set(ref_state), t
         torch.testing.assert_close(state, ref_state, **TOL)
 
 
+@pytest.mark.parametrize("labels", [True, False], ids=["labels", "logits"])
 @pytest.mark.parametrize("method", METHODS)
-def test_every_step_matches_torch_over_a_recurrent_chain(method: str, tmp_path: Path, exports) -> None:
+def test_every_step_matches_torch_over_a_recurrent_chain(
+    method: str, labels: bool, tmp_path: Path, exports
+) -> None:
     model = tiny_model(method)
-    backend = OrtBackend(model, threads=1, cache=ort_cache(tmp_path))
+    backend = OrtBackend(model, threads=1, cache=ort_cache(tmp_path), labels=labels)
     assert isinstance(backend, Backend) and backend.name == "onnxruntime" and backend.device.type == "cpu"
+    assert backend.output == ("labels" if labels else "logits")
     backend.prepare(HW, FLOW_HW)
     assert exports == (["key"] if method == "perframe" else ["key", "nonkey"])
     _check_chain(backend, model)
@@ -164,12 +174,22 @@ def test_cache_miss_on_another_shape_or_model(tmp_path: Path, exports) -> None:
 
 def test_key_fields_pick_the_slot_or_make_it_stale() -> None:
     key = OrtKey(
-        "m", "key", ((1, 3, *HW),), 17, ("CPUExecutionProvider",), "x86_64 cpu [avx2]", "1.0", "2.0", "c"
+        "m",
+        "key",
+        "labels",
+        ((1, 3, *HW),),
+        17,
+        ("CPUExecutionProvider",),
+        "x86_64 cpu [avx2]",
+        "1.0",
+        "2.0",
+        "c",
     )
     assert key.slot().startswith("ort_key-64x96-cpu-")
-    # What is built (model, step, shapes, opset, provider, hardware) picks the slot; toolchain and code only
+    # What is built (model, step, output, shapes, opset, provider, hardware) picks the slot; toolchain and code only
     # make the entry in it stale, so an upgrade replaces it instead of piling up next to it.
-    for change in ({"hardware": "aarch64 Cortex-A78AE [asimd]"}, {"opset": 18}, {"model_hash": "n"}):
+    slot_changes = ({"hardware": "aarch64 Cortex-A78AE [asimd]"}, {"opset": 18}, {"model_hash": "n"})
+    for change in (*slot_changes, {"output": "logits"}):
         assert OrtKey(**{**key.__dict__, **change}).slot() != key.slot()
     for change in ({"onnxruntime_version": "1.1"}, {"torch_version": "2.1"}, {"code_hash": "d"}):
         other = OrtKey(**{**key.__dict__, **change})

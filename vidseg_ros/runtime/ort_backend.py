@@ -11,8 +11,12 @@ the CPU is part of the key. For the CUDA and TensorRT providers only the hardwar
 are stored and the rest is redone at load, because ORT cannot save a graph with provider-compiled nodes.
 
 Runs go through IO binding: inputs are bound where the torch tensors live, and every output is written by ORT
-straight into a fresh torch tensor, so the logits and the state come back without a copy and never alias a
+straight into a fresh torch tensor, so the outputs and the state come back without a copy and never alias a
 buffer that the next run overwrites.
+
+By default the steps end in the class ids rather than the logits (:func:`~vidseg_ros.models.fpn.fused_labels`):
+the node only takes the arg-max, and upsampling the logits to full size in ORT and then taking the arg-max on
+the host cost about twice as much. ``labels=False`` keeps the logits (parity checks, other consumers).
 """
 
 from __future__ import annotations
@@ -59,6 +63,11 @@ MIN_OPSET = 17
 #: padding, the GridSample mode ORT's CPU kernel has a fast path for (1.4 ms against 9.8 ms with border padding
 #: on a [1, 96, 60, 80] map, 1 thread); same values, and float32 is the only precision this backend runs.
 EXPORT_WARP = "clamped"
+#: ORT's element types of the step outputs this backend binds, as torch and numpy dtypes.
+OUTPUT_DTYPES: dict[str, tuple[torch.dtype, type]] = {
+    "tensor(float)": (torch.float32, np.float32),
+    "tensor(uint8)": (torch.uint8, np.uint8),
+}
 #: Folder of the ORT cache inside the engine cache root (``model.engine_cache``).
 CACHE_SUBDIR = "onnxruntime"
 GPU_HINT = "install the [ort-gpu] extra (onnxruntime-gpu)"
@@ -181,6 +190,7 @@ class OrtKey:
     Args:
         model_hash: Checkpoint SHA-256, or :func:`~vidseg_ros.runtime.steps.model_fingerprint`.
         step: ``key`` or ``nonkey``.
+        output: ``labels`` (class ids) or ``logits``.
         input_shapes: Shapes of the flat inputs, in call order.
         opset: ONNX opset of the export.
         providers: Execution providers, in order.
@@ -192,6 +202,7 @@ class OrtKey:
     SLOT_FIELDS: ClassVar[tuple[str, ...]] = (
         "model_hash",
         "step",
+        "output",
         "input_shapes",
         "opset",
         "providers",
@@ -200,6 +211,7 @@ class OrtKey:
 
     model_hash: str
     step: str
+    output: str
     input_shapes: tuple[tuple[int, ...], ...]
     opset: int
     providers: tuple[str, ...]
@@ -248,7 +260,8 @@ class OrtStep:
     """One session run on torch tensors through IO binding.
 
     Args:
-        session: The ``InferenceSession``; its outputs must have static float32 shapes (the export's).
+        session: The ``InferenceSession``; its outputs must have static shapes (the export's) and float32 or
+            uint8 elements.
         device: Where inputs are read and outputs written (CPU, or the CUDA device of a GPU provider).
     """
 
@@ -259,10 +272,13 @@ class OrtStep:
         self.input_names = frozenset(i.name for i in session.get_inputs())
         outputs = session.get_outputs()
         for o in outputs:
-            if o.type != "tensor(float)" or not all(isinstance(d, int) for d in o.shape):
-                raise OrtError(f"output {o.name} is {o.type} {o.shape}; expected float32 of a static shape")
+            if o.type not in OUTPUT_DTYPES or not all(isinstance(d, int) for d in o.shape):
+                raise OrtError(
+                    f"output {o.name} is {o.type} {o.shape}; expected float32 or uint8 of a static shape"
+                )
         self.output_names = tuple(o.name for o in outputs)
         self.output_shapes = tuple(tuple(o.shape) for o in outputs)
+        self.output_dtypes = tuple(OUTPUT_DTYPES[o.type] for o in outputs)
         self.state_keys = tuple(n.removeprefix("next_state_") for n in self.output_names[1:])
         self.binding = session.io_binding()
         self._where = (device.type, device.index or 0)
@@ -279,9 +295,12 @@ class OrtStep:
                 alive.append(t)
                 binding.bind_input(name, *self._where, np.float32, tuple(t.shape), t.data_ptr())
         # Fresh tensors each run: the state handed to the stream must not be overwritten by the next run.
-        outputs = tuple(torch.empty(s, dtype=torch.float32, device=self.device) for s in self.output_shapes)
-        for name, out in zip(self.output_names, outputs, strict=True):
-            binding.bind_output(name, *self._where, np.float32, tuple(out.shape), out.data_ptr())
+        outputs = tuple(
+            torch.empty(s, dtype=dt, device=self.device)
+            for s, (dt, _) in zip(self.output_shapes, self.output_dtypes, strict=True)
+        )
+        for name, out, (_, np_dtype) in zip(self.output_names, outputs, self.output_dtypes, strict=True):
+            binding.bind_output(name, *self._where, np_dtype, tuple(out.shape), out.data_ptr())
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # ORT reads the inputs on its own stream
         try:
@@ -306,6 +325,8 @@ class OrtBackend:
         model_hash: Key of the weights, e.g. the checkpoint's :func:`file_hash`; default: a fingerprint.
         opset: ONNX opset, at least 17.
         progress: Called with a line of text before each step is loaded or exported.
+        labels: Steps return the class ids ``[1, 1, H, W]`` (uint8) in place of the logits, where the model
+            has fewer than 256 classes (see the module docstring).
     """
 
     name: ClassVar[str] = "onnxruntime"
@@ -322,6 +343,7 @@ class OrtBackend:
         model_hash: str | None = None,
         opset: int = MIN_OPSET,
         progress: Callable[[str], None] | None = None,
+        labels: bool = True,
     ) -> None:
         self.precision = check_precision(self.name, precision)
         if provider not in ORT_PROVIDERS:
@@ -353,6 +375,7 @@ class OrtBackend:
         self.model_hash = model_hash or model_fingerprint(self.model)
         self.opset = opset
         self.progress = progress
+        self.output = "labels" if labels else "logits"
         self.results: list[CacheResult] = []
         self._steps: dict[tuple, OrtStep] = {}
 
@@ -360,6 +383,7 @@ class OrtBackend:
         return OrtKey(
             model_hash=self.model_hash,
             step=spec.name,
+            output=self.output,
             input_shapes=spec.input_shapes,
             opset=self.opset,
             providers=self.providers,
@@ -379,7 +403,7 @@ class OrtBackend:
         with tempfile.TemporaryDirectory(prefix="vidseg-onnx-") as tmp:
             raw = Path(tmp) / f"{spec.name}{ONNX_SUFFIX}"
             with torch.inference_mode(False):  # the tracer wants ordinary tensors
-                export_onnx(spec, raw, self.opset, warp=EXPORT_WARP)
+                export_onnx(spec, raw, self.opset, warp=EXPORT_WARP, labels=self.output == "labels")
             try:
                 so = session_options(ort, self.threads, level, optimized_path=path)
                 ort.InferenceSession(str(raw), so, providers=["CPUExecutionProvider"])
@@ -421,7 +445,7 @@ class OrtBackend:
             key,
             lambda path: self._build(spec, path),
             self._load,
-            extra={"inputs": list(spec.input_names), "outputs": list(spec.output_names)},
+            extra={"inputs": list(spec.input_names), "outputs": [self.output, *spec.output_names[1:]]},
         )
         self.results.append(result)
         log.info("onnxruntime %s step: %s %s", spec.name, result.status, result.path)

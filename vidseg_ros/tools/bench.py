@@ -2,8 +2,9 @@
 latency, in one run.
 
 Everything is timed on the current machine in one process (plus ``seg_node`` children), so the ratios compare
-like with like. Times are medians over repeats (p50); "inference" is the model step alone, and the ratios to
-per-frame divide by the per-frame model step at the same size and on the same backend. On a CPU the run times
+like with like. Times are medians over repeats (p50); a step's time (key_ms, nonkey_ms) runs until its class
+ids are on the host, because the onnxruntime backend returns ids where PyTorch returns logits; the ratios to
+per-frame divide by the per-frame step at the same size and on the same backend. On a CPU the run times
 PyTorch (``cpu``) and onnxruntime side by side by default, interleaved round by round (``--compare``).
 
 The work is split into :mod:`~vidseg_ros.tools.bench_measure` (models and timing),
