@@ -126,6 +126,27 @@ def test_interleaved_checkpoints_score_as_they_do_alone(setup):
             assert result[key] == alone[key], (name, key)
 
 
+def test_each_checkpoint_runs_on_each_backend(setup, tmp_path, capsys):
+    """--backend cpu,onnxruntime: every checkpoint twice, interleaved, named by backend; the onnxruntime masks
+    (class ids from the fused arg-max) score as PyTorch's do."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "b.json"
+    args = ["eval", "--bag", str(setup["bag0"]), "--json", str(out), "--no-progress", "--key-interval", "3"]
+    args += ["--checkpoint", str(setup["twnet"]), "--backend", "cpu,onnxruntime", "--threads", "1"]
+    assert main(args) == 0
+    torch_run, ort_run = json.loads(out.read_text())["results"]
+    assert (torch_run["backend"], ort_run["backend"]) == ("cpu", "onnxruntime")
+    assert torch_run["name"] == "twnet [cpu]" and ort_run["name"] == "twnet [onnxruntime]"
+    assert "onnxruntime" in ort_run["backend_reason"]
+    assert ort_run["key_frames"] == torch_run["key_frames"] == 4
+    assert abs(ort_run["miou"] - torch_run["miou"]) < 0.005 and abs(ort_run["tc"] - torch_run["tc"]) < 0.005
+    assert "twnet [onnxruntime]" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main([*args[:-4], "--checkpoint", str(setup["twnet"]), "--backend", "cpu,onnx"])
+    assert exit_.value.code == 2
+    assert "backends must be from" in capsys.readouterr().err
+
+
 def test_eval_runs_exactly_like_a_node_stream(setup):
     """Same masks as a hand-driven Stream, so the metrics describe what the node publishes."""
     result = evaluate_checkpoint(setup["twnet"], [setup["bag0"]], key_interval=3, progress=False)

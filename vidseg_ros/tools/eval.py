@@ -51,9 +51,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--size", type=parse_size, metavar="WxH", help="inference size (default: the checkpoint's)"
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    p.add_argument(
+        "--backend",
+        type=_backend_list,
+        help="run each checkpoint on each of these backends, interleaved, comma-separated (cpu, cuda, "
+        "tensorrt, onnxruntime, auto; e.g. cpu,onnxruntime); default: PyTorch on --device",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--flow-downscale", type=int, default=2, help="flow at size / N (default: 2, as the node)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _backend_list(text: str) -> list[str]:
+    from vidseg_ros.runtime.backends import REQUESTS
+
+    names = list(dict.fromkeys(b.strip() for b in text.split(",") if b.strip()))
+    bad = [b for b in names if b not in REQUESTS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"backends must be from {','.join(REQUESTS)}, got {text!r}")
+    return names
 
 
 def _pct(value: float | None) -> str:
@@ -197,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
             key_distance=args.key_distance,
             flow_downscale=args.flow_downscale,
             progress=args.progress,
+            backends=args.backend,
         )
         propagation = None
         if args.label_propagation:

@@ -28,7 +28,8 @@ from vidseg_ros.data.datasets.base import DatasetError, VideoDataset
 from vidseg_ros.metrics import SequenceMetrics, confusion, iou_per_class, mean_iou, warp_labels
 from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL
 from vidseg_ros.motion.flow import FlowError
-from vidseg_ros.runtime.checkpoint import load_checkpoint, resolve_checkpoint
+from vidseg_ros.runtime.backends import select_backend
+from vidseg_ros.runtime.checkpoint import file_hash, load_checkpoint, resolve_checkpoint
 from vidseg_ros.runtime.segmenter import Segmenter, flow_image, resize_image
 from vidseg_ros.runtime.steps import default_flow_hw
 from vidseg_ros.runtime.stream import Stream
@@ -119,12 +120,25 @@ class _Run:
         key_interval: int | None,
         key_distance: bool,
         flow_downscale: int,
+        backend: str | None = None,
+        label_backend: bool = False,
     ) -> None:
         self.path = resolve_checkpoint(checkpoint)
         model, self.meta = load_checkpoint(self.path, device=device)
+        runner, self.backend_reason = None, ""
+        if backend is not None:
+            runner, self.backend_reason = select_backend(
+                backend, model, threads=torch.get_num_threads(), model_hash=file_hash(self.path)
+            )
         self.segmenter = Segmenter(
-            model, self.meta, device=device, input_size=input_size or (0, 0), flow_downscale=flow_downscale
+            model,
+            self.meta,
+            backend=runner,
+            device=device,
+            input_size=input_size or (0, 0),
+            flow_downscale=flow_downscale,
         )
+        self.name = self.path.stem + (f" [{self.segmenter.backend.name}]" if label_backend else "")
         if key_interval and model.method == "twnet":
             self.segmenter.key_interval = int(key_interval)
         self.classes = list(self.meta.classes)
@@ -171,12 +185,14 @@ class _Run:
         summary = self.total.summary(self.classes)
         result: dict[str, Any] = {
             "checkpoint": str(self.path),
-            "name": self.path.stem,
+            "name": self.name,
             "method": self.meta.method,
             "arch": self.meta.arch,
             "input_size": list(self.segmenter.input_size),
             "key_interval": self.segmenter.key_interval,
             "device": str(self.segmenter.device),
+            "backend": self.segmenter.backend.name,
+            "backend_reason": self.backend_reason,
             "frames": len(all_ms),
             "labelled_frames": self.total.frames,
             "key_frames": len(self.key_ms),
@@ -205,6 +221,7 @@ def evaluate_checkpoints(
     key_distance: bool = False,
     flow_downscale: int = 2,
     progress: bool = True,
+    backends: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Scores checkpoints on ``data`` (a dataset, or bags labelled with the first checkpoint's classes);
     returns one JSON-ready dict each (see ``vidseg eval --help``).
@@ -212,6 +229,9 @@ def evaluate_checkpoints(
     The checkpoints run interleaved: each frame goes through every checkpoint's stream before the next frame
     is read, so a machine that slows down or speeds up during the run affects all of them alike and their
     times compare (the ratios of one run). Each checkpoint's stream sees exactly the frames it would alone.
+
+    ``backends`` (:data:`~vidseg_ros.runtime.backends.REQUESTS`) runs every checkpoint on each of them, as
+    separate interleaved runs named ``<stem> [<backend>]``; by default each runs once on PyTorch on ``device``.
 
     ``key_interval`` overrides a TWNet checkpoint's interval, as the node's ``twnet.key_interval`` does;
     other methods keep their own policy. ``key_distance`` adds mIoU and per-class IoU per distance from the
@@ -228,8 +248,11 @@ def evaluate_checkpoints(
             key_interval=key_interval,
             key_distance=key_distance,
             flow_downscale=flow_downscale,
+            backend=backend,
+            label_backend=len(backends or ()) > 1,
         )
         for checkpoint in checkpoints
+        for backend in (backends or [None])
     ]
     dataset = as_dataset(data, runs[0].meta.classes, runs[0].meta.palette)
     for run in runs:
