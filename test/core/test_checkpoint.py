@@ -56,9 +56,9 @@ def test_pickled_code_is_refused(tmp_path):
 
 def test_unknown_method_and_mismatched_weights(tiny_checkpoint, tmp_path):
     payload = torch.load(tiny_checkpoint("perframe"), weights_only=True)
-    payload["meta"]["method"] = "grfp"
+    payload["meta"]["method"] = "no_such_method"
     torch.save(payload, tmp_path / "unknown.pt")
-    with pytest.raises(CheckpointError, match="cannot build model 'grfp'"):
+    with pytest.raises(CheckpointError, match="cannot build model 'no_such_method'"):
         load_checkpoint(tmp_path / "unknown.pt")
     payload["meta"]["method"] = "perframe"
     payload["state_dict"].popitem()

@@ -8,7 +8,7 @@ from vidseg_ros.classes import SYNTH_CLASSES
 from vidseg_ros.models.base import VideoSegModel
 from vidseg_ros.models.registry import build_model
 
-METHODS = ("perframe", "netwarp", "twnet")
+METHODS = ("perframe", "netwarp", "twnet", "grfp")
 TINY = {"backbone": "mobilenetv2", "width_mult": 0.25, "decoder_channels": 16}
 
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from vidseg_ros.models.backbones import BACKBONES
 from vidseg_ros.models.base import VideoSegModel
+from vidseg_ros.models.grfp import DEFAULT_KERNEL, GRFPModel
 from vidseg_ros.models.netwarp import DEFAULT_LAYERS, NetWarpModel
 from vidseg_ros.models.perframe import DECODER_CHANNELS, PerFrameModel
 from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL, DEFAULT_WARP_LAYER, TWNetModel
@@ -62,12 +63,12 @@ def build_model(
     """Builds an untrained model.
 
     Args:
-        method: A name from :func:`available_models` (``perframe``, ``netwarp``, ``twnet``).
+        method: A name from :func:`available_models` (``perframe``, ``netwarp``, ``twnet``, ``grfp``).
         backbone: ``mobilenetv2`` or ``resnet18``.
         num_classes: Output classes.
         width_mult: MobileNetV2 width multiplier; must stay 1.0 for resnet18.
         **options: Method options: ``decoder_channels`` (all); ``layers`` (netwarp);
-            ``warp_layer``, ``correction``, ``key_interval`` (twnet).
+            ``warp_layer``, ``correction``, ``key_interval`` (twnet); ``kernel`` (grfp).
 
     Raises:
         ValueError: Unknown method, backbone or option, or an invalid or incompatible value.
@@ -137,4 +138,22 @@ def _twnet(
         warp_layer=warp_layer,
         correction=correction,
         key_interval=key_interval,
+    )
+
+
+@register_model("grfp")
+def _grfp(
+    *,
+    backbone: str,
+    num_classes: int,
+    width_mult: float,
+    decoder_channels: int = DECODER_CHANNELS,
+    kernel: int = DEFAULT_KERNEL,
+) -> GRFPModel:
+    return GRFPModel(
+        num_classes=num_classes,
+        backbone=backbone,
+        width_mult=width_mult,
+        decoder_channels=decoder_channels,
+        kernel=kernel,
     )

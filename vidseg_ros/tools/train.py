@@ -62,7 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from vidseg_ros.models.twnet import DEFAULT_WARP_LAYER
 
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-    p.add_argument("--method", required=True, choices=("perframe", "netwarp", "twnet"), help="what to train")
+    p.add_argument(
+        "--method", required=True, choices=("perframe", "netwarp", "twnet", "grfp"), help="what to train"
+    )
     add_data_arguments(p, split="train")
     p.add_argument(
         "--out", type=Path, required=True, help="checkpoint to write; training state goes to OUT.state"

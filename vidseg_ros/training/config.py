@@ -9,10 +9,13 @@ from typing import Any
 from vidseg_ros.models.netwarp import DEFAULT_LAYERS
 from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL, DEFAULT_WARP_LAYER
 
-METHODS: tuple[str, ...] = ("perframe", "netwarp", "twnet")
+METHODS: tuple[str, ...] = ("perframe", "netwarp", "twnet", "grfp")
 
-#: Default learning rates: stage 1 from scratch; NetWarp and TWNet fine-tune a trained image model.
-DEFAULT_LR: dict[str, float] = {"perframe": 1e-3, "netwarp": 2e-4, "twnet": 5e-4}
+#: Default learning rates: stage 1 from scratch; NetWarp and TWNet fine-tune a trained image model; GRFP trains
+#: its small recurrent unit alone.
+DEFAULT_LR: dict[str, float] = {"perframe": 1e-3, "netwarp": 2e-4, "twnet": 5e-4, "grfp": 1e-3}
+#: GRFP trains on clips of 4 or 5 frames (3 or 4 steps of the unit after the first frame), as the paper does.
+GRFP_DISTANCES = (3, 4)
 #: TWNet trains on chains of up to this many non-key frames by default (capped at key_interval - 1).
 DEFAULT_TWNET_DISTANCE = 4
 DEFAULT_SIZE = (320, 240)
@@ -102,6 +105,9 @@ class TrainConfig:
             return 0, 0
         if self.method == "netwarp":
             return 1, 1 if self.max_distance is None else self.max_distance
+        if self.method == "grfp":
+            lo, hi = GRFP_DISTANCES
+            return (lo, hi) if self.max_distance is None else (min(lo, self.max_distance), self.max_distance)
         cap = max(1, self.key_interval - 1)
         return 1, min(DEFAULT_TWNET_DISTANCE, cap) if self.max_distance is None else self.max_distance
 
@@ -119,8 +125,9 @@ class TrainConfig:
             raise ValueError(f"augment must be full, flip or none, got {self.augment!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if self.method == "twnet" and self.init is None:
-            raise ValueError("twnet stage 2 needs --init PERFRAME_CKPT (its frozen key-frame CNN)")
+        if self.method in ("twnet", "grfp") and self.init is None:
+            what = "its frozen key-frame CNN" if self.method == "twnet" else "its static network"
+            raise ValueError(f"{self.method} needs --init PERFRAME_CKPT ({what})")
         for name in ("steps", "batch", "save_every", "flow_downscale"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

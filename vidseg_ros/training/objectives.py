@@ -12,6 +12,9 @@
   gradients run through the whole chain, so accumulated warping error is what is learned to correct.
   Without correction the warped features depend on no trainable weight, so only the NKFC is fine-tuned
   (by the cross-entropy; the L2 term is reported but has no gradient).
+* ``grfp``: a frozen copy of the image model is the static network; only the STGRU is trained, on clips of 4
+  or 5 frames (first frame: ``h = x``), cross-entropy on the labelled frames after the first, gradients
+  through the whole chain.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import Tensor, nn
 from vidseg_ros.classes import IGNORE_INDEX, SYNTH_TABLE, ClassTable
 from vidseg_ros.models.backbones import load_pretrained_backbone
 from vidseg_ros.models.base import VideoSegModel
+from vidseg_ros.models.grfp import GRFPModel
 from vidseg_ros.models.netwarp import NetWarpModel
 from vidseg_ros.models.perframe import DECODER_CHANNELS, PerFrameModel
 from vidseg_ros.models.registry import arch_config, build_model
@@ -93,6 +97,10 @@ def build_stage_model(cfg: TrainConfig, classes: ClassTable = SYNTH_TABLE) -> tu
         model = image
     elif cfg.method == "netwarp":
         model = NetWarpModel.from_image_model(image, layers=cfg.netwarp_layers)
+    elif cfg.method == "grfp":
+        grfp = GRFPModel.from_image_model(image)
+        grfp.freeze_static()
+        model = grfp
     else:
         twnet = TWNetModel.from_image_model(
             image, warp_layer=cfg.warp_layer, correction=cfg.correction, key_interval=cfg.key_interval
