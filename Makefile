@@ -61,9 +61,10 @@ train: bags
 	$(TRAIN) --method netwarp --out $(CKPT)/netwarp_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN) --method twnet --warp-layer 3 --out $(CKPT)/twnet_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN) --method twnet --warp-layer 3 --no-correction --out $(CKPT)/twnet_warponly_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
+	$(TRAIN) --method grfp --out $(CKPT)/grfp_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	cp $(CKPT)/*_mobilenetv2_synth.pt vidseg_ros/checkpoints/
 
 # The README's results table, from the shipped checkpoints on the held-out bags (seeds 101-103).
 results: bags
 	$(VENV)/bin/vidseg eval $(TEST_BAGS) --key-distance --label-propagation --threads 1 --json out/results.json --plot out/results.png \
-	  $(foreach m,perframe netwarp twnet twnet_warponly,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt)
+	  $(foreach m,perframe netwarp twnet twnet_warponly grfp,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt)

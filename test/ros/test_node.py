@@ -327,7 +327,7 @@ def test_bad_checkpoint_fails_at_start_with_one_line(tmp_path, problem, tiny_che
         path.write_bytes(b"not a checkpoint" * 10)
     elif problem == "unknown_model":
         payload = torch.load(tiny_checkpoint("perframe"), weights_only=True)
-        payload["meta"]["method"] = "grfp"
+        payload["meta"]["method"] = "no_such_method"
         torch.save(payload, path)
     node = NodeProcess("/vt_bad/image", {"model.checkpoint": path}, name="vidseg_bad")
     code = node.proc.wait(timeout=60)

@@ -86,7 +86,30 @@ class STGRU(nn.Module):
         return self.lam * (1.0 - z) * h_w + z * h_tilde
 
 
-class GRFPModel(VideoSegModel):
+class GRFPBase(VideoSegModel):
+    """The STGRU over any static network's scores: subclasses give :meth:`static_scores`."""
+
+    uses_motion = True
+    fresh_modules = ("stgru",)
+    key_interval = 0
+    stgru: STGRU
+
+    def static_scores(self, image: Tensor) -> Tensor:
+        """The static network's class scores for a normalised image ``[B, 3, H, W]``, at their own size."""
+        raise NotImplementedError
+
+    def key_step(self, image: Tensor) -> tuple[Tensor, State]:
+        x = self.static_scores(image)
+        return upsample_logits(x, _hw(image)), {"h": x}
+
+    def nonkey_step(
+        self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
+    ) -> tuple[Tensor, State]:
+        h = self.stgru(self.static_scores(image), state["h"], image, prev_image, flow)
+        return upsample_logits(h, _hw(image)), {"h": h}
+
+
+class GRFPModel(GRFPBase):
     """GRFP around a :class:`PerFrameModel` (the static network).
 
     Args:
@@ -98,9 +121,6 @@ class GRFPModel(VideoSegModel):
     """
 
     method = "grfp"
-    uses_motion = True
-    fresh_modules = ("stgru",)
-    key_interval = 0
 
     def __init__(
         self,
@@ -146,16 +166,6 @@ class GRFPModel(VideoSegModel):
     def static_scores(self, image: Tensor) -> Tensor:
         """The static network's logits at stride 4 (before upsampling)."""
         return self.image_model.decoder(self.image_model.backbone(image))["logits"]
-
-    def key_step(self, image: Tensor) -> tuple[Tensor, State]:
-        x = self.static_scores(image)
-        return upsample_logits(x, _hw(image)), {"h": x}
-
-    def nonkey_step(
-        self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
-    ) -> tuple[Tensor, State]:
-        h = self.stgru(self.static_scores(image), state["h"], image, prev_image, flow)
-        return upsample_logits(h, _hw(image)), {"h": h}
 
 
 def _hw(image: Tensor) -> tuple[int, int]:

@@ -157,3 +157,20 @@ def _grfp(
         decoder_channels=decoder_channels,
         kernel=kernel,
     )
+
+
+@register_model("grfp_onnx")
+def _grfp_onnx(
+    *,
+    backbone: str,
+    num_classes: int,
+    width_mult: float,
+    base: str,
+    base_sha256: str | None = None,
+    kernel: int = DEFAULT_KERNEL,
+) -> VideoSegModel:
+    """GRFP over a foreign ONNX model (``vidseg train --method grfp --base model.onnx``); ``backbone`` and
+    ``width_mult`` do not apply."""
+    from vidseg_ros.runtime.foreign import GRFPOnnxModel  # runtime code: imported only when asked for
+
+    return GRFPOnnxModel(base=base, base_sha256=base_sha256, num_classes=num_classes, kernel=kernel)

@@ -81,6 +81,22 @@ class EagerBackend:
         return self.model.nonkey_step(image, prev_image, flow, state)
 
 
+class OwnRuntimeBackend(EagerBackend):
+    """A model over a foreign ONNX file: its network runs in its own onnxruntime session on the CPU (and a GRFP
+    unit over it in PyTorch), so there is nothing to export or compile."""
+
+    name: ClassVar[str] = "onnxruntime"
+
+
+def _own_runtime_reason(model: VideoSegModel, requested: str) -> str:
+    what = "the ONNX model runs in its own onnxruntime session on the CPU"
+    if model.uses_motion:
+        what += ", the STGRU in PyTorch"
+    if requested not in ("auto", "cpu", "onnxruntime"):
+        what += f" (backend '{requested}' does not apply to it)"
+    return f"{model.method}: {what}"
+
+
 class _GraphedStep:
     """A flat step captured into a CUDA graph: inputs are copied into static buffers, outputs cloned out."""
 
@@ -470,6 +486,9 @@ def select_backend(
             logged and added to the reason, instead of failing.
         progress: Progress lines of TensorRT engine builds and onnxruntime exports.
     """
+    if getattr(model, "own_runtime", False):
+        reason = _own_runtime_reason(model, requested)
+        return OwnRuntimeBackend(model, reason=reason), reason
     name, precision, reason = choose_backend(requested, precision, cpu_only=cpu_only)
     backend: Backend
     if name == "tensorrt":

@@ -44,7 +44,9 @@ class ModelMeta:
 
     @property
     def name(self) -> str:
-        return f"{self.method}_{self.arch.get('backbone', '?')}"
+        """``<method>_<backbone>``; for a model over a foreign ONNX file, ``<method>_<its file name>``."""
+        tag = self.arch.get("backbone") or Path(str(self.arch.get("base", "?"))).stem
+        return f"{self.method}_{tag}"
 
     @property
     def synthetic_only(self) -> bool:
@@ -143,6 +145,21 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[ModelMeta, dict[str, 
     return meta, payload["state_dict"]
 
 
+def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
+    """A checkpoint's metadata without building the model; a ``.onnx`` file's comes from its model card."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from vidseg_ros.runtime.foreign import CardError, onnx_meta
+
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        try:
+            return onnx_meta(path)
+        except CardError as e:
+            raise CheckpointError(str(e)) from e
+    return read_checkpoint(path)[0]
+
+
 def build_from_meta(meta: ModelMeta) -> VideoSegModel:
     """An untrained model of the architecture ``meta`` describes."""
     from vidseg_ros.models.registry import build_model
@@ -157,8 +174,20 @@ def build_from_meta(meta: ModelMeta) -> VideoSegModel:
 def load_checkpoint(
     path: str | os.PathLike[str] | None, *, device: str | torch.device = "cpu"
 ) -> tuple[VideoSegModel, ModelMeta]:
-    """Build the model a checkpoint describes, load its weights and put it in eval mode on ``device``."""
+    """Build the model a checkpoint describes, load its weights and put it in eval mode on ``device``.
+
+    A ``.onnx`` path is a foreign per-frame model with its model card (:mod:`vidseg_ros.runtime.foreign`).
+    """
     resolved = resolve_checkpoint(path)
+    if resolved.suffix == ".onnx":
+        from vidseg_ros.runtime.foreign import CardError, load_foreign
+
+        if not resolved.is_file():
+            raise CheckpointError(f"checkpoint not found: {resolved}")
+        try:
+            return load_foreign(resolved)
+        except CardError as e:
+            raise CheckpointError(str(e)) from e
     meta, state = read_checkpoint(resolved)
     try:
         model = build_from_meta(meta)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("perframe", "netwarp", "twnet")
+METHODS = ("perframe", "netwarp", "twnet", "grfp")
 REF_PIXELS = 640 * 480
 DEFAULT_WIDTH = 0.5
 STAGES = ("decode", "preprocess", "flow", "inference", "postprocess", "publish")

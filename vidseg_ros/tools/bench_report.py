@@ -58,6 +58,16 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "NetWarp non-key step / per-frame step",
                 backend=name,
             )
+            if "grfp" in m:
+                target(
+                    "grfp_vs_perframe_excl_flow",
+                    size,
+                    m["grfp"]["nonkey_ms"] / pf,
+                    NETWARP_LIMIT,
+                    "x",
+                    "GRFP non-key step / per-frame step",
+                    backend=name,
+                )
             target(
                 "twnet_avg_vs_perframe",
                 size,

@@ -121,10 +121,10 @@ def _node_params(path: Path) -> dict:
 
 
 def _check_checkpoint(path: str) -> None:
-    from vidseg_ros.runtime.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
+    from vidseg_ros.runtime.checkpoint import CheckpointError, read_meta, resolve_checkpoint
 
     try:
-        read_checkpoint(resolve_checkpoint(path))
+        read_meta(resolve_checkpoint(path))
     except CheckpointError as e:
         raise DemoError(str(e)) from e
 

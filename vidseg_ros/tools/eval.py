@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     from vidseg_ros.data.datasets import open_dataset
     from vidseg_ros.data.datasets.bag import BagDataset
     from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL
-    from vidseg_ros.runtime.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
+    from vidseg_ros.runtime.checkpoint import CheckpointError, read_meta, resolve_checkpoint
     from vidseg_ros.runtime.segmenter import pick_device
     from vidseg_ros.training.evaluate import evaluate_checkpoints, propagate_labels
 
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             if args.classes:
                 table = load_classes_yaml(args.classes)
             else:
-                meta, _ = read_checkpoint(resolve_checkpoint(args.checkpoints[0]))
+                meta = read_meta(resolve_checkpoint(args.checkpoints[0]))
                 table = ClassTable.simple(meta.classes, meta.palette)
             data = BagDataset(args.bags, table, image_topic=args.image_topic, label_topic=args.label_topic)
         results = evaluate_checkpoints(

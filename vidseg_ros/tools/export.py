@@ -1,7 +1,7 @@
 """``vidseg export``: step functions as ONNX files, or TensorRT engines built ahead of time.
 
-``--format onnx`` writes one ONNX file per step function of the checkpoint's model (per-frame: key; NetWarp
-and TWNet: key and non-key) with the recurrent state as explicit inputs and outputs, checks each against
+``--format onnx`` writes one ONNX file per step function of the checkpoint's model (per-frame: key, with a
+model card beside it, so the file runs as a foreign per-frame model; NetWarp, TWNet and GRFP: key and non-key) with the recurrent state as explicit inputs and outputs, checks each against
 onnxruntime, runs a short recurrent chain through onnxruntime (state outputs fed back as inputs) against
 PyTorch, and writes ``manifest.json`` describing inputs, outputs, preprocessing and the measured errors.
 
@@ -128,6 +128,23 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Path, tuple[int, int]]:
     return model, meta, path, (int(h), int(w))
 
 
+def card_of(meta: Any, image_hw: tuple[int, int]) -> Any:
+    """The model card of an exported per-frame step: its classes, input size and normalisation."""
+    from vidseg_ros.runtime.foreign import ModelCard
+
+    return ModelCard(
+        classes=tuple(meta.classes),
+        colors=tuple(tuple(int(v) for v in c) for c in meta.palette),
+        width=image_hw[1],
+        height=image_hw[0],
+        channel_order="rgb",
+        scale=1 / 255,
+        mean=tuple(meta.mean),
+        std=tuple(meta.std),
+        output="logits",
+    )
+
+
 def _run_onnx(args: argparse.Namespace) -> int:
     import onnx
     import onnxruntime
@@ -135,6 +152,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vidseg_ros.runtime.checkpoint import file_hash
+    from vidseg_ros.runtime.foreign import write_card
     from vidseg_ros.runtime.onnx_export import export_onnx
     from vidseg_ros.runtime.steps import default_flow_hw, step_specs
 
@@ -174,6 +192,10 @@ def _run_onnx(args: argparse.Namespace) -> int:
             "max_rel_error": errors,
             "sha256": file_hash(path),
         }
+    card = None
+    if not model.uses_motion:  # a per-frame model is a foreign per-frame model too: give it its card
+        card = write_card(out / steps["key"]["file"], card_of(meta, image_hw)).name
+        tqdm.write(f"  model card -> {out / card}  (model.checkpoint:={out / steps['key']['file']} runs it)")
     chain = verify_chain(sessions, specs)
     ok &= max(chain) <= args.tolerance
     print(f"  recurrent chain over {len(chain)} frames (state fed back): max relative error {max(chain):.2e}")
@@ -191,6 +213,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
         "classes": meta.classes,
         "palette": meta.palette,
         "steps": steps,
+        "card": card,
         "chain_max_rel_error": chain,
         "tolerance": args.tolerance,
         "versions": {

@@ -69,7 +69,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", type=Path, required=True, help="checkpoint to write; training state goes to OUT.state"
     )
-    p.add_argument("--init", type=Path, help="trained perframe checkpoint to start from (required for twnet)")
+    p.add_argument(
+        "--init", type=Path, help="trained perframe checkpoint to start from (required for twnet and grfp)"
+    )
+    p.add_argument(
+        "--base",
+        type=Path,
+        help="grfp: a per-frame ONNX model with its model card beside it (model.yaml); trains only the STGRU "
+        "over it, for its classes, at its input size",
+    )
     g = p.add_argument_group("architecture (new models only; --init fixes them)")
     g.add_argument("--backbone", choices=("mobilenetv2", "resnet18"), help="encoder (default mobilenetv2)")
     g.add_argument("--width-mult", type=float, help="MobileNetV2 width (default 0.5; resnet18 needs 1.0)")
@@ -108,7 +116,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--lambda", dest="lam", type=float, default=10.0, help="twnet: weight of the L2 consistency loss"
     )
     o.add_argument(
-        "--max-distance", type=int, help="non-key frames per clip: netwarp 1 (pairs), twnet min(4, K-1)"
+        "--max-distance",
+        type=int,
+        help="non-key frames per clip: netwarp 1 (pairs), twnet min(4, K-1), grfp 3-4",
     )
     o.add_argument("--no-flip", dest="flip", action="store_false", help="no random left-right mirroring")
     o.add_argument(
@@ -168,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         amp=args.amp,
         init=args.init,
+        base=args.base,
         backbone=args.backbone,
         width_mult=args.width_mult,
         decoder_channels=args.decoder_channels,

@@ -12,8 +12,8 @@ from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL, DEFAULT_WARP_LAYER
 METHODS: tuple[str, ...] = ("perframe", "netwarp", "twnet", "grfp")
 
 #: Default learning rates: stage 1 from scratch; NetWarp and TWNet fine-tune a trained image model; GRFP trains
-#: its small recurrent unit alone.
-DEFAULT_LR: dict[str, float] = {"perframe": 1e-3, "netwarp": 2e-4, "twnet": 5e-4, "grfp": 1e-3}
+#: only its recurrent unit, a fresh module whose rate is 10x this (1e-3, Adam's usual rate).
+DEFAULT_LR: dict[str, float] = {"perframe": 1e-3, "netwarp": 2e-4, "twnet": 5e-4, "grfp": 1e-4}
 #: GRFP trains on clips of 4 or 5 frames (3 or 4 steps of the unit after the first frame), as the paper does.
 GRFP_DISTANCES = (3, 4)
 #: TWNet trains on chains of up to this many non-key frames by default (capped at key_interval - 1).
@@ -48,6 +48,8 @@ class TrainConfig:
     #: Mixed precision (fp16 autocast + gradient scaling); None: on for CUDA, off on the CPU.
     amp: bool | None = None
     init: Path | None = None
+    #: grfp over a foreign ONNX per-frame model (with its card) instead of --init's per-frame model.
+    base: Path | None = None
     backbone: str | None = None
     width_mult: float | None = None
     decoder_channels: int | None = None
@@ -125,7 +127,16 @@ class TrainConfig:
             raise ValueError(f"augment must be full, flip or none, got {self.augment!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if self.method in ("twnet", "grfp") and self.init is None:
+        if self.base is not None:
+            if self.method != "grfp":
+                raise ValueError(
+                    f"--base is for --method grfp (a unit over a foreign model), not {self.method}"
+                )
+            if self.init is not None:
+                raise ValueError("--base and --init exclude each other: the ONNX model is the static network")
+            if self.size is not None:
+                raise ValueError("--size does not apply with --base: the model card fixes the input size")
+        elif self.method in ("twnet", "grfp") and self.init is None:
             what = "its frozen key-frame CNN" if self.method == "twnet" else "its static network"
             raise ValueError(f"{self.method} needs --init PERFRAME_CKPT ({what})")
         for name in ("steps", "batch", "save_every", "flow_downscale"):
@@ -163,6 +174,7 @@ class TrainConfig:
             **data,
             "method": self.method,
             "init": str(self.init) if self.init else None,
+            **({"base": str(self.base)} if self.base else {}),
             "bags": [str(b) for b in self.bags],
             "batch": self.batch,
             "seed": self.seed,

@@ -22,6 +22,7 @@ from vidseg_ros.data.datasets import VideoDataset, open_dataset
 from vidseg_ros.data.datasets.bag import BagDataset
 from vidseg_ros.models.twnet import TWNetModel
 from vidseg_ros.runtime.checkpoint import atomic_torch_save, read_checkpoint, save_checkpoint
+from vidseg_ros.runtime.foreign import load_card
 from vidseg_ros.runtime.segmenter import Segmenter
 from vidseg_ros.training import distributed
 from vidseg_ros.training.clips import AUGMENTS, StreamingClips
@@ -131,12 +132,16 @@ def _log(env: distributed.DistEnv, message: str) -> None:
 def open_training_data(cfg: TrainConfig) -> VideoDataset:
     """The dataset ``cfg`` names: a format under ``data_root``, or bags with their topics and classes.
 
-    Bags' labels hold train ids of ``--classes``, else of the init checkpoint, else the synthetic classes.
+    Bags' labels hold train ids of ``--classes``, else of the init checkpoint (or the ``--base`` model's card),
+    else the synthetic classes.
     """
     if cfg.dataset is not None:
         return open_dataset(cfg.dataset, cfg.data_root, cfg.split)
     if cfg.classes is not None:
         classes = load_classes_yaml(cfg.classes)
+    elif cfg.base is not None:
+        card = load_card(cfg.base)
+        classes = ClassTable.simple(list(card.classes), [list(c) for c in card.colors])
     elif cfg.init is not None:
         meta, _ = read_checkpoint(cfg.init)
         classes = ClassTable.simple(meta.classes, meta.palette)
@@ -312,6 +317,11 @@ def _recipe(
         recipe.update({"warp_layer": cfg.warp_layer, "correction": cfg.correction})
     if cfg.method == "netwarp":
         recipe["netwarp_layers"] = list(cfg.netwarp_layers)
+    if cfg.base is not None:
+        recipe["base"] = {
+            "path": getattr(model, "base", str(cfg.base)),
+            "sha256": getattr(model, "base_sha256", None),
+        }
     if env.distributed:
         recipe["ddp"] = {"world_size": env.world_size, "param_checksum_spread": spread}
     return recipe

@@ -31,6 +31,7 @@ from vidseg_ros.models.perframe import DECODER_CHANNELS, PerFrameModel
 from vidseg_ros.models.registry import arch_config, build_model
 from vidseg_ros.models.twnet import TWNetModel
 from vidseg_ros.runtime.checkpoint import ModelMeta, load_checkpoint
+from vidseg_ros.runtime.foreign import GRFPOnnxModel, foreign_meta
 from vidseg_ros.training.config import DEFAULT_SIZE, DEFAULT_WIDTH_MULT, TrainConfig
 from vidseg_ros.training.losses import consistency, cross_entropy
 
@@ -90,6 +91,8 @@ def build_stage_model(cfg: TrainConfig, classes: ClassTable = SYNTH_TABLE) -> tu
     Seeds torch with ``cfg.seed`` first, so freshly initialised layers are reproducible.
     """
     torch.manual_seed(cfg.seed)
+    if cfg.base is not None:
+        return _foreign_grfp(cfg, classes)
     image, init_meta = _image_model(cfg, classes)
     image.train()
     model: VideoSegModel
@@ -118,6 +121,19 @@ def build_stage_model(cfg: TrainConfig, classes: ClassTable = SYNTH_TABLE) -> tu
     if init_meta:
         meta.mean, meta.std = list(init_meta.mean), list(init_meta.std)
     return model, meta
+
+
+def _foreign_grfp(cfg: TrainConfig, classes: ClassTable) -> tuple[VideoSegModel, ModelMeta]:
+    """GRFP's unit over the ``--base`` ONNX model: its card gives the classes, input size and normalisation."""
+    assert cfg.base is not None
+    model = GRFPOnnxModel(base=str(cfg.base.resolve()), base_sha256=None, num_classes=len(classes))
+    card = model.net.card
+    if list(card.classes) != list(classes.names):
+        raise ValueError(
+            f"--base {cfg.base} predicts {len(card.classes)} classes ({', '.join(card.classes[:4])}, ...) but the "
+            f"data has {len(classes)} ({', '.join(classes.names[:4])}, ...): label the data with the card's classes"
+        )
+    return model, foreign_meta(card, model.method, model.config())
 
 
 def trainable_summary(model: nn.Module) -> dict[str, int]:
