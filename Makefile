@@ -63,6 +63,17 @@ train: bags
 	$(TRAIN) --method twnet --warp-layer 3 --no-correction --out $(CKPT)/twnet_warponly_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN) --method grfp --out $(CKPT)/grfp_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	cp $(CKPT)/*_mobilenetv2_synth.pt vidseg_ros/checkpoints/
+	$(MAKE) foreign
+
+# The shipped per-frame model exported to ONNX with a model card, treated as a foreign model: a GRFP unit is
+# trained over it with --base (same budget), then both are evaluated on the held-out bags.
+FOREIGN := $(CKPT)/foreign/perframe_key_320x240.onnx
+.PHONY: foreign
+foreign: bags
+	$(VENV)/bin/vidseg export --checkpoint vidseg_ros/checkpoints/perframe_mobilenetv2_synth.pt --format onnx --out $(CKPT)/foreign
+	$(TRAIN) --method grfp --base $(FOREIGN) --out $(CKPT)/grfp_over_onnx.pt --steps 300
+	$(VENV)/bin/vidseg eval $(TEST_BAGS) --threads 1 --json out/results_foreign.json \
+	  --checkpoint $(FOREIGN) --checkpoint $(CKPT)/grfp_over_onnx.pt
 
 # The README's results table, from the shipped checkpoints on the held-out bags (seeds 101-103).
 results: bags

@@ -47,7 +47,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "model.checkpoint",
         "",
-        "Checkpoint file; empty = the NetWarp model shipped with the package.",
+        'Checkpoint file (`.pt`), or a per-frame ONNX model with its card (`.onnx`, see "Bring your own '
+        'per-frame model"); empty = the NetWarp model shipped with the package.',
         read_only=True,
     ),
     ParamSpec(

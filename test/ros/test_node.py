@@ -345,6 +345,7 @@ def test_bad_checkpoint_fails_at_start_with_one_line(tmp_path, problem, tiny_che
         ("perframe", {}, [True] * 6),
         ("netwarp", {}, [True] + [False] * 5),
         ("twnet", {"twnet.key_interval": 3}, [True, False, False, True, False, False]),
+        ("grfp", {}, [True] + [False] * 5),
     ],
 )
 def test_each_method_runs_over_dds_with_its_key_frame_policy(tiny_checkpoint, method, params, keys):

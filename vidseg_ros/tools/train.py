@@ -103,6 +103,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-correction", dest="correction", action="store_false", help="twnet: warp-only (no CFR/RGA)"
     )
     g.add_argument("--netwarp-layers", default="c5,p2", help="netwarp: comma-separated insertion layers")
+    g.add_argument(
+        "--finetune-static",
+        action="store_true",
+        help="grfp: fine-tune the static network (at --lr) together with the STGRU (at 10x --lr) instead of "
+        "keeping it frozen",
+    )
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=int, default=1000, help="total optimiser steps")
     o.add_argument("--batch", type=int, default=8, help="global batch (clips per step over all processes)")
@@ -196,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         key_interval=args.key_interval,
         warp_layer=args.warp_layer,
         correction=args.correction,
+        finetune_static=args.finetune_static,
         netwarp_layers=tuple(x.strip() for x in args.netwarp_layers.split(",") if x.strip()),
         lam=args.lam,
         max_distance=args.max_distance,

@@ -69,6 +69,8 @@ class TrainConfig:
     warp_layer: int = DEFAULT_WARP_LAYER
     correction: bool = True
     netwarp_layers: tuple[str, ...] = DEFAULT_LAYERS
+    #: grfp: train the static network too (it is frozen by default).
+    finetune_static: bool = False
     lam: float = 10.0
     max_distance: int | None = None
     flip: bool = True
@@ -136,6 +138,8 @@ class TrainConfig:
                 raise ValueError("--base and --init exclude each other: the ONNX model is the static network")
             if self.size is not None:
                 raise ValueError("--size does not apply with --base: the model card fixes the input size")
+            if self.finetune_static:
+                raise ValueError("--finetune-static needs a PyTorch static network (--init), not --base")
         elif self.method in ("twnet", "grfp") and self.init is None:
             what = "its frozen key-frame CNN" if self.method == "twnet" else "its static network"
             raise ValueError(f"{self.method} needs --init PERFRAME_CKPT ({what})")
@@ -186,4 +190,5 @@ class TrainConfig:
             "flip": self.flip,
             "class_weights": self.class_weights,
             "flow_downscale": self.flow_downscale,
+            **({"finetune_static": True} if self.finetune_static else {}),
         }

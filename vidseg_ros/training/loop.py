@@ -317,6 +317,8 @@ def _recipe(
         recipe.update({"warp_layer": cfg.warp_layer, "correction": cfg.correction})
     if cfg.method == "netwarp":
         recipe["netwarp_layers"] = list(cfg.netwarp_layers)
+    if cfg.method == "grfp":
+        recipe["finetune_static"] = cfg.finetune_static
     if cfg.base is not None:
         recipe["base"] = {
             "path": getattr(model, "base", str(cfg.base)),

@@ -14,7 +14,7 @@
   (by the cross-entropy; the L2 term is reported but has no gradient).
 * ``grfp``: a frozen copy of the image model is the static network; only the STGRU is trained, on clips of 4
   or 5 frames (first frame: ``h = x``), cross-entropy on the labelled frames after the first, gradients
-  through the whole chain.
+  through the whole chain. ``finetune_static`` trains the static network with it.
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def build_stage_model(cfg: TrainConfig, classes: ClassTable = SYNTH_TABLE) -> tu
         model = NetWarpModel.from_image_model(image, layers=cfg.netwarp_layers)
     elif cfg.method == "grfp":
         grfp = GRFPModel.from_image_model(image)
-        grfp.freeze_static()
+        if not cfg.finetune_static:
+            grfp.freeze_static()
         model = grfp
     else:
         twnet = TWNetModel.from_image_model(
