@@ -37,6 +37,23 @@ class VideoSegModel(nn.Module):
     fresh_modules: ClassVar[tuple[str, ...]] = ()
     key_interval: int = 1
 
+    #: Submodules frozen by :meth:`freeze`: no gradients, and eval mode whatever ``train()`` is asked.
+    _frozen: tuple[str, ...] = ()
+
+    def freeze(self, name: str) -> None:
+        """Stops gradients into submodule ``name`` and keeps it in eval mode (BN statistics frozen) from now on:
+        the trained network a video method builds on."""
+        module = getattr(self, name)
+        module.requires_grad_(False)
+        module.eval()
+        self._frozen = (*self._frozen, name)
+
+    def train(self, mode: bool = True) -> VideoSegModel:
+        super().train(mode)
+        for name in self._frozen:
+            getattr(self, name).eval()
+        return self
+
     def key_step(self, image: Tensor) -> tuple[Tensor, State]:
         """Full computation on a frame with no usable history; returns logits and fresh state."""
         raise NotImplementedError

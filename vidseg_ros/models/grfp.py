@@ -139,7 +139,6 @@ class GRFPModel(GRFPBase):
             decoder_channels=decoder_channels,
         )
         self.stgru = STGRU(num_classes, kernel)
-        self._static_frozen = False
 
     @classmethod
     def from_image_model(cls, image_model: PerFrameModel, *, kernel: int = DEFAULT_KERNEL) -> GRFPModel:
@@ -150,15 +149,7 @@ class GRFPModel(GRFPBase):
 
     def freeze_static(self) -> None:
         """Stops gradients into the static network and keeps it in eval mode (BN statistics frozen)."""
-        self.image_model.requires_grad_(False)
-        self.image_model.eval()
-        self._static_frozen = True
-
-    def train(self, mode: bool = True) -> GRFPModel:
-        super().train(mode)
-        if self._static_frozen:
-            self.image_model.eval()
-        return self
+        self.freeze("image_model")
 
     def config(self) -> dict[str, Any]:
         return {**self.image_model.config(), "kernel": self.stgru.kernel}

@@ -194,7 +194,6 @@ class TWNetModel(VideoSegModel):
         if correction:
             self.cfr = CFR(decoder_channels, self.key_cnn.backbone.channels[self.spatial_level])
             self.rga = RGA()
-        self._key_frozen = False
 
     @classmethod
     def from_image_model(
@@ -225,15 +224,7 @@ class TWNetModel(VideoSegModel):
 
     def freeze_key_cnn(self) -> None:
         """Stops gradients into the key CNN and keeps it in eval mode (BN statistics frozen) from now on."""
-        self.key_cnn.requires_grad_(False)
-        self.key_cnn.eval()
-        self._key_frozen = True
-
-    def train(self, mode: bool = True) -> TWNetModel:
-        super().train(mode)
-        if self._key_frozen:
-            self.key_cnn.eval()
-        return self
+        self.freeze("key_cnn")
 
     def config(self) -> dict[str, Any]:
         return {
