@@ -103,6 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-correction", dest="correction", action="store_false", help="twnet: warp-only (no CFR/RGA)"
     )
     g.add_argument("--netwarp-layers", default="c5,p2", help="netwarp: comma-separated insertion layers")
+    g.add_argument("--grfp-kernel", type=int, default=3, help="grfp: convolution size of the STGRU (odd)")
     g.add_argument(
         "--finetune-static",
         action="store_true",
@@ -203,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         warp_layer=args.warp_layer,
         correction=args.correction,
         finetune_static=args.finetune_static,
+        grfp_kernel=args.grfp_kernel,
         netwarp_layers=tuple(x.strip() for x in args.netwarp_layers.split(",") if x.strip()),
         lam=args.lam,
         max_distance=args.max_distance,

@@ -71,6 +71,7 @@ class TrainConfig:
     netwarp_layers: tuple[str, ...] = DEFAULT_LAYERS
     #: grfp: train the static network too (it is frozen by default).
     finetune_static: bool = False
+    grfp_kernel: int = 3
     lam: float = 10.0
     max_distance: int | None = None
     flip: bool = True
@@ -191,4 +192,5 @@ class TrainConfig:
             "class_weights": self.class_weights,
             "flow_downscale": self.flow_downscale,
             **({"finetune_static": True} if self.finetune_static else {}),
+            **({"grfp_kernel": self.grfp_kernel} if self.method == "grfp" else {}),
         }

@@ -101,7 +101,7 @@ def build_stage_model(cfg: TrainConfig, classes: ClassTable = SYNTH_TABLE) -> tu
     elif cfg.method == "netwarp":
         model = NetWarpModel.from_image_model(image, layers=cfg.netwarp_layers)
     elif cfg.method == "grfp":
-        grfp = GRFPModel.from_image_model(image)
+        grfp = GRFPModel.from_image_model(image, kernel=cfg.grfp_kernel)
         if not cfg.finetune_static:
             grfp.freeze_static()
         model = grfp
@@ -127,7 +127,9 @@ def build_stage_model(cfg: TrainConfig, classes: ClassTable = SYNTH_TABLE) -> tu
 def _foreign_grfp(cfg: TrainConfig, classes: ClassTable) -> tuple[VideoSegModel, ModelMeta]:
     """GRFP's unit over the ``--base`` ONNX model: its card gives the classes, input size and normalisation."""
     assert cfg.base is not None
-    model = GRFPOnnxModel(base=str(cfg.base.resolve()), base_sha256=None, num_classes=len(classes))
+    model = GRFPOnnxModel(
+        base=str(cfg.base.resolve()), base_sha256=None, num_classes=len(classes), kernel=cfg.grfp_kernel
+    )
     card = model.net.card
     if list(card.classes) != list(classes.names):
         raise ValueError(
