@@ -62,7 +62,7 @@ train: bags
 	$(TRAIN) --method netwarp --netwarp-layers c5,p4 --out $(CKPT)/netwarp_c5p4_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN) --method twnet --warp-layer 3 --out $(CKPT)/twnet_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN) --method twnet --warp-layer 3 --no-correction --out $(CKPT)/twnet_warponly_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
-	$(TRAIN) --method grfp --out $(CKPT)/grfp_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
+	$(TRAIN) --method grfp --finetune-static --lr 2e-4 --out $(CKPT)/grfp_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	cp $(CKPT)/*_mobilenetv2_synth.pt vidseg_ros/checkpoints/
 	$(MAKE) foreign
 
