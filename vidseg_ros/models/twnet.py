@@ -35,6 +35,7 @@ import copy
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidseg_ros.models.backbones import LEVELS
@@ -116,7 +117,17 @@ class CFR(nn.Module):
         nn.init.zeros_(self.pointwise.bias)
 
     def forward(self, warped: Tensor, spatial: Tensor) -> Tensor:
-        return self.pointwise(self.depthwise(torch.cat((warped, spatial), dim=1)))
+        if not torch.onnx.is_in_onnx_export():
+            return self.pointwise(self.depthwise(torch.cat((warped, spatial), dim=1)))
+        # In ONNX, the same convolutions split by input, so that the concatenated map is never built: ONNX
+        # Runtime's TWNet non-key step at 640x480 took 0.4-0.6 ms less (20.5-21.3 against 20.9-22.0 ms, four
+        # interleaved rounds; no concat and one layout conversion less). PyTorch eager keeps the concatenation,
+        # which was 1.2 ms faster there.
+        c = int(warped.shape[1])
+        dw, pw = self.depthwise.weight, self.pointwise.weight
+        a = F.conv2d(F.conv2d(warped, dw[:c], padding=1, groups=c), pw[:, :c], self.pointwise.bias)
+        b = F.conv2d(F.conv2d(spatial, dw[c:], padding=1, groups=dw.shape[0] - c), pw[:, c:])
+        return a + b
 
 
 class RGA(nn.Module):
