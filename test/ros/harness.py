@@ -75,6 +75,17 @@ class NodeProcess:
         stop_process(self.proc)
         self._reader.join(timeout=2)
 
+    def start_failure(self, timeout: float = 60.0) -> str:
+        """Waits for a node that must refuse to start; asserts it exits non-zero with exactly one error line and
+        no traceback, and returns that line."""
+        code = self.proc.wait(timeout=timeout)
+        self.stop()
+        assert code != 0
+        errors = [line for line in self.lines if "ERROR" in line or "error" in line.lower()]
+        assert len(errors) == 1, self.output
+        assert "Traceback" not in self.output
+        return errors[0]
+
 
 class Harness:
     """A test-side node: publishes images reliably and records everything the segmentation node publishes."""

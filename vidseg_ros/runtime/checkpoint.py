@@ -10,16 +10,18 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from vidseg_ros.models.base import VideoSegModel
 
 FORMAT = "vidseg-checkpoint/1"
+T = TypeVar("T")
 #: Shipped with the package; `seg_node` and `make demo` use it when no checkpoint is given.
 DEFAULT_CHECKPOINT = "netwarp_mobilenetv2_synth.pt"
 
@@ -145,18 +147,25 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[ModelMeta, dict[str, 
     return meta, payload["state_dict"]
 
 
+def _from_onnx(path: Path, read: Callable[[Path], T]) -> T:
+    """``read(path)`` of a foreign ``.onnx`` model, its card problems raised as CheckpointError."""
+    from vidseg_ros.runtime.foreign import CardError
+
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return read(path)
+    except CardError as e:
+        raise CheckpointError(str(e)) from e
+
+
 def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
     """A checkpoint's metadata without building the model; a ``.onnx`` file's comes from its model card."""
     path = Path(path)
     if path.suffix == ".onnx":
-        from vidseg_ros.runtime.foreign import CardError, onnx_meta
+        from vidseg_ros.runtime.foreign import onnx_meta
 
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        try:
-            return onnx_meta(path)
-        except CardError as e:
-            raise CheckpointError(str(e)) from e
+        return _from_onnx(path, onnx_meta)
     return read_checkpoint(path)[0]
 
 
@@ -180,14 +189,9 @@ def load_checkpoint(
     """
     resolved = resolve_checkpoint(path)
     if resolved.suffix == ".onnx":
-        from vidseg_ros.runtime.foreign import CardError, load_foreign
+        from vidseg_ros.runtime.foreign import load_foreign
 
-        if not resolved.is_file():
-            raise CheckpointError(f"checkpoint not found: {resolved}")
-        try:
-            return load_foreign(resolved)
-        except CardError as e:
-            raise CheckpointError(str(e)) from e
+        return _from_onnx(resolved, load_foreign)
     meta, state = read_checkpoint(resolved)
     try:
         model = build_from_meta(meta)
