@@ -48,6 +48,11 @@ INIT_NOISE = 1e-3
 
 def centred_softmax(scores: Tensor) -> Tensor:
     """``softmax(scores) - 1/C`` over the class axis: zero mean, bounded, whatever the scores' scale."""
+    if torch.onnx.is_in_onnx_export():
+        # The same softmax written out: ONNX Runtime's Softmax over axis 1 of a [1, 9, 120, 160] map took 1.57 ms
+        # against 0.29 ms for these reductions over the same axis (1 thread); PyTorch keeps its own kernel.
+        e = torch.exp(scores - scores.amax(dim=1, keepdim=True))
+        return e / e.sum(dim=1, keepdim=True) - 1.0 / int(scores.shape[1])
     return torch.softmax(scores, dim=1) - 1.0 / int(scores.shape[1])
 
 
