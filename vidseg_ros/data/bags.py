@@ -39,6 +39,7 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
+from ..errors import first_line
 from ..imgcodec import ImageDecodeError, decode_compressed, decode_image, encode_compressed, encode_image
 
 if TYPE_CHECKING:
@@ -82,12 +83,6 @@ class BagError(Exception):
 # sqlite3 bags): bogus lengths, non-UTF-8 strings, short structs, a damaged database.
 _CORRUPT = (AnyReaderError, SerdeError, ValueError, OverflowError, IndexError, KeyError, struct.error,
             sqlite3.Error, EOFError)  # fmt: skip
-
-
-def _one_line(e: BaseException) -> str:
-    """The first line of an error's message: parsers (YAML) explain over several lines, users read one."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 @lru_cache(maxsize=1)
@@ -284,7 +279,7 @@ def _open(path: str | Path) -> AnyReader:
     try:
         return AnyReader([path], default_typestore=typestore())
     except (*_CORRUPT, OSError) as e:
-        raise BagError(f"cannot open bag {path}: {_one_line(e)}") from e
+        raise BagError(f"cannot open bag {path}: {first_line(e)}") from e
 
 
 def read_messages(
@@ -305,7 +300,7 @@ def read_messages(
             for conn, log_ns, raw in reader.messages(connections=conns):
                 yield conn.topic, log_ns, reader.deserialize(raw, conn.msgtype)
     except (*_CORRUPT, OSError) as e:
-        raise BagError(f"cannot read bag {path}: {_one_line(e)}") from e
+        raise BagError(f"cannot read bag {path}: {first_line(e)}") from e
 
 
 @dataclass
@@ -413,7 +408,7 @@ def bag_info(path: str | Path) -> dict[str, Any]:
                 "duration_s": (end - start) / 1e9,
             }
     except (*_CORRUPT, OSError) as e:
-        raise BagError(f"cannot read bag {path}: {_one_line(e)}") from e
+        raise BagError(f"cannot read bag {path}: {first_line(e)}") from e
 
 
 def custom_data(path: str | Path) -> dict[str, str]:

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from vidseg_ros.errors import first_line
 from vidseg_ros.models.base import State, VideoSegModel
 from vidseg_ros.runtime.backend_api import PRECISIONS, Backend, BackendUnavailable
 from vidseg_ros.runtime.backend_api import check_precision as _check_precision
@@ -451,7 +452,7 @@ def choose_backend(
 
 def _fallback(error: Exception, failed: str, to: str, reason: str) -> str:
     """Logs why ``failed`` could not be built under ``auto`` and returns the reason extended with it."""
-    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    first = first_line(error)
     log.warning("%s backend failed (%s); falling back to %s", failed, first, to)
     return f"{reason}; {failed} failed ({first}) -> {to}"
 

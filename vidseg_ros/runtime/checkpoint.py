@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from vidseg_ros.errors import first_line
 from vidseg_ros.models.base import VideoSegModel
 
 FORMAT = "vidseg-checkpoint/1"
@@ -136,8 +137,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[ModelMeta, dict[str, 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt file; all mean the same
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a vidseg checkpoint ({first})") from e
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a vidseg checkpoint ({first_line(e)})"
+        ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} file")
     try:

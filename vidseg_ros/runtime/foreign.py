@@ -33,6 +33,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from vidseg_ros.errors import first_line
 from vidseg_ros.models.base import State, VideoSegModel
 from vidseg_ros.models.fpn import upsample_logits
 from vidseg_ros.models.grfp import DEFAULT_KERNEL, STGRU, GRFPBase
@@ -161,8 +162,7 @@ def load_card(onnx_path: str | Path) -> ModelCard:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CardError(f"model card {path} is not readable YAML ({first})") from e
+        raise CardError(f"model card {path} is not readable YAML ({first_line(e)})") from e
     try:
         return parse_card(data)
     except CardError as e:
@@ -201,8 +201,7 @@ class OnnxStaticNet:
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises plain Exceptions for unreadable graphs
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CardError(f"onnxruntime cannot load {self.path}: {first}") from e
+            raise CardError(f"onnxruntime cannot load {self.path}: {first_line(e)}") from e
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             names = ", ".join(i.name for i in inputs)
@@ -229,8 +228,7 @@ class OnnxStaticNet:
         try:
             return self.session.run([self.output_name], {self.input_name: x})[0]
         except Exception as e:  # noqa: BLE001 - ORT's exceptions are plain Exceptions
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RuntimeError(f"{self.path.name} failed on a {x.shape} input: {first}") from e
+            raise RuntimeError(f"{self.path.name} failed on a {x.shape} input: {first_line(e)}") from e
 
     @torch.no_grad()
     def scores(self, image: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vidseg_ros.errors import first_line
 from vidseg_ros.models.base import State, VideoSegModel
 from vidseg_ros.runtime.backend_api import BackendUnavailable, check_precision
 from vidseg_ros.runtime.engine_cache import (
@@ -84,11 +85,6 @@ class OrtError(RuntimeError):
     """ONNX Runtime refused a model or a run (its own exceptions are not RuntimeErrors)."""
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 # ----------------------------------------------------------------------------------------------- probes
 def onnxruntime_problem() -> str | None:
     """None when ``onnxruntime`` imports; otherwise why not, in words."""
@@ -97,9 +93,9 @@ def onnxruntime_problem() -> str | None:
     except ModuleNotFoundError as e:
         if e.name == "onnxruntime" and "halted" not in str(e):
             return "onnxruntime not importable (not installed)"
-        return f"onnxruntime not importable ({type(e).__name__}: {_first_line(e)})"
+        return f"onnxruntime not importable ({type(e).__name__}: {first_line(e)})"
     except Exception as e:  # noqa: BLE001 - a broken install raises anything from ImportError to OSError
-        return f"onnxruntime not importable ({type(e).__name__}: {_first_line(e)})"
+        return f"onnxruntime not importable ({type(e).__name__}: {first_line(e)})"
     return None
 
 
@@ -306,7 +302,7 @@ class OrtStep:
         try:
             self.session.run_with_iobinding(binding)
         except Exception as e:  # noqa: BLE001 - ORT's exceptions are plain Exceptions; callers expect RuntimeError
-            raise OrtError(f"onnxruntime run failed: {_first_line(e)}") from e
+            raise OrtError(f"onnxruntime run failed: {first_line(e)}") from e
         finally:
             binding.clear_binding_inputs()
         return outputs
@@ -408,7 +404,7 @@ class OrtBackend:
                 so = session_options(ort, self.threads, level, optimized_path=path)
                 ort.InferenceSession(str(raw), so, providers=["CPUExecutionProvider"])
             except Exception as e:  # noqa: BLE001 - ORT's exceptions are plain Exceptions
-                raise OrtError(f"onnxruntime cannot optimise the {spec.name} step: {_first_line(e)}") from e
+                raise OrtError(f"onnxruntime cannot optimise the {spec.name} step: {first_line(e)}") from e
 
     def _provider_args(self) -> list[Any]:
         if self.provider == "cpu":
@@ -428,7 +424,7 @@ class OrtBackend:
         try:
             session = ort.InferenceSession(str(path), so, providers=self._provider_args())
         except Exception as e:  # noqa: BLE001 - ORT's exceptions are plain Exceptions
-            raise OrtError(f"onnxruntime cannot load {path.name}: {_first_line(e)}") from e
+            raise OrtError(f"onnxruntime cannot load {path.name}: {first_line(e)}") from e
         used = session.get_providers()
         if used[0] != self.providers[0]:
             log.warning("onnxruntime: %s unavailable at run time; running on %s", self.providers[0], used[0])

@@ -54,6 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vidseg_ros.errors import first_line
 from vidseg_ros.tools.bench_measure import (
     COLOUR_SIZE,
     METHODS,
@@ -307,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         names, alone = compared_names(backend.name, args.compare)
         runs = build_runs(loaded, names, main, args)
     except (BackendUnavailable, ValueError, RuntimeError) as e:
-        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return _fail(first_line(e))
     print(f"  backend {backend.name} ({backend.precision}) on {backend.device}: {backend.reason}")
     for name in names:
         if name != backend.name:
