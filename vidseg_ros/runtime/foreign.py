@@ -38,6 +38,7 @@ from vidseg_ros.models.base import State, VideoSegModel
 from vidseg_ros.models.fpn import upsample_logits
 from vidseg_ros.models.grfp import DEFAULT_KERNEL, STGRU, GRFPBase
 from vidseg_ros.motion.warp import resize_to
+from vidseg_ros.runtime.ort_backend import onnxruntime_problem, session_options
 
 CARD_SUFFIX = ".yaml"
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -190,14 +191,11 @@ class OnnxStaticNet:
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.path = Path(path)
         self.card = load_card(self.path)
-        try:
-            ort = importlib.import_module("onnxruntime")
-        except ImportError as e:
-            raise CardError(f"{self.path.name} needs onnxruntime ({e}); install the [onnx] extra") from e
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or torch.get_num_threads()
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if problem := onnxruntime_problem():
+            raise CardError(f"{self.path.name} needs onnxruntime: {problem}; install the [onnx] extra")
+        ort = importlib.import_module("onnxruntime")
+        level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so = session_options(ort, threads or torch.get_num_threads(), level)
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises plain Exceptions for unreadable graphs
@@ -344,13 +342,13 @@ def foreign_meta(
     )
 
 
-def onnx_meta(path: Path) -> Any:
-    """The metadata of a ``.onnx`` checkpoint, from its card alone (no session is built)."""
-    card = load_card(path)
+def onnx_meta(path: Path, card: ModelCard | None = None) -> Any:
+    """The metadata of a ``.onnx`` checkpoint, from its card (read here unless given; no session is built)."""
+    card = card or load_card(path)
     return foreign_meta(card, ForeignModel.method, {"num_classes": len(card.classes), "base": str(path)})
 
 
 def load_foreign(path: Path) -> tuple[ForeignModel, Any]:
-    """A ``.onnx`` checkpoint: the model per frame, with metadata from its card."""
+    """A ``.onnx`` checkpoint: the model per frame, with metadata from the card its network read."""
     model = ForeignModel(OnnxStaticNet(path))
-    return model.eval(), onnx_meta(path)
+    return model.eval(), onnx_meta(path, model.net.card)
