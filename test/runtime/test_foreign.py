@@ -208,3 +208,6 @@ def test_data_must_carry_the_cards_classes_and_size(tmp_path: Path, capsys) -> N
     assert "predicts 9 classes (c0, c1, c2, c3, ...) but the data has 9 (k0" in capsys.readouterr().err
     assert main([*args, *run, "--size", "96x64"]) == 2
     assert "--size does not apply with --base" in capsys.readouterr().err
+    missing = ["train", "--method", "grfp", "--base", str(tmp_path / "none.onnx"), "--bag", str(bag)]
+    assert main([*missing, "--out", str(tmp_path / "g.pt"), *run]) == 2
+    assert f"--base {tmp_path / 'none.onnx'} not found" in capsys.readouterr().err

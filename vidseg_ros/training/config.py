@@ -137,6 +137,8 @@ class TrainConfig:
                 raise ValueError(
                     f"--base is for --method grfp (a unit over a foreign model), not {self.method}"
                 )
+            if not self.base.is_file():
+                raise ValueError(f"--base {self.base} not found")
             if self.init is not None:
                 raise ValueError("--base and --init exclude each other: the ONNX model is the static network")
             if self.size is not None:
