@@ -362,7 +362,8 @@ def _compare_pair(
             if latency is not None:
                 latencies[name].append(latency)
     time.sleep(0.2)  # timing messages trail their masks
-    totals = {name: child.stage_p50(stamps).get("total", float("nan")) for name, child in children.items()}
+    stages = {name: child.stage_p50(stamps) for name, child in children.items()}
+    totals = {name: s.get("total", float("nan")) for name, s in stages.items()}
     names = list(children)
     ref, other = (children[name].masks for name in names)
     agreement = [float((ref[s] == other[s]).mean()) for s in stamps if s in ref and s in other]
@@ -373,6 +374,7 @@ def _compare_pair(
         "answered": answered,
         "answered_fraction": min(answered.values()) / frames,
         "total_p50_ms": totals,
+        "stages_p50_ms": stages,
         "e2e_p50_ms": {name: p50(v) for name, v in latencies.items()},
         "ratio": totals[names[1]] / totals[names[0]],
         "agreement_mean": float(np.mean(agreement)) if agreement else float("nan"),

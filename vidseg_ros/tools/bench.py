@@ -34,9 +34,9 @@ JSON written with ``--json`` (format ``vidseg-bench/1``; keys marked + were adde
                    (total: both, what the node spends when both topics are subscribed), one OpenCV thread
     node_latency   seg_node child on the main backend: publish -> mask received p50/p90, node stage p50s, bare
                    Stream.step p50 on the same backend and the difference (+ backend); or {"skipped": reason}
-  + node_compare   {method: {size, backends, frames, answered, answered_fraction, total_p50_ms, e2e_p50_ms,
-                   ratio, agreement_mean, agreement_min}} for NetWarp and TWNet at the first size: a PyTorch and
-                   an onnxruntime seg_node fed the same frames in turn; or {"skipped": reason}
+  + node_compare   {method: {size, backends, frames, answered, answered_fraction, total_p50_ms, stages_p50_ms,
+                   e2e_p50_ms, ratio, agreement_mean, agreement_min}} for NetWarp and TWNet at the first size: a
+                   PyTorch and an onnxruntime seg_node fed the same frames in turn; or {"skipped": reason}
     targets        [{name, size, value, limit, unit, pass, detail, + op, + backend}]: the issue targets per
                    backend (NetWarp and TWNet ratios), DIS, node overhead, colour + overlay and the seg_node
                    comparison
