@@ -59,9 +59,10 @@ train: bags
 	$(TRAIN) --method perframe --out $(CKPT)/perframe_s1.pt --steps 1600
 	$(TRAIN) --method perframe --out $(CKPT)/perframe_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300 --lr 2e-4
 	$(TRAIN) --method netwarp --out $(CKPT)/netwarp_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
-	$(TRAIN) --method netwarp --netwarp-layers c5,p4 --out $(CKPT)/netwarp_c5p4_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
+	$(TRAIN) --method netwarp --netwarp-layers c5,p2 --out $(CKPT)/netwarp_c5p2_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN) --method twnet --warp-layer 3 --out $(CKPT)/twnet_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN) --method twnet --warp-layer 3 --no-correction --out $(CKPT)/twnet_warponly_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
+	$(TRAIN) --method twnet --warp-layer 3 --cfr separable --out $(CKPT)/twnet_separable_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN) --method grfp --finetune-static --lr 2e-4 --out $(CKPT)/grfp_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	cp $(CKPT)/*_mobilenetv2_synth.pt vidseg_ros/checkpoints/
 	$(MAKE) foreign
@@ -79,4 +80,4 @@ foreign: bags
 # The README's results table, from the shipped checkpoints on the held-out bags (seeds 101-103).
 results: bags
 	$(VENV)/bin/vidseg eval $(TEST_BAGS) --key-distance --label-propagation --threads 1 --json out/results.json --plot out/results.png \
-	  $(foreach m,perframe netwarp netwarp_c5p4 twnet twnet_warponly grfp,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt)
+	  $(foreach m,perframe netwarp netwarp_c5p2 twnet twnet_separable twnet_warponly grfp,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt)

@@ -43,10 +43,10 @@ def test_equals_image_model_at_init(
 def test_state_shapes_and_defaults(frames: tuple[torch.Tensor, ...]) -> None:
     image, _, _ = frames
     model = NetWarpModel(num_classes=NUM_CLASSES, **TINY["mobilenetv2"])
-    assert model.layers == ("c5", "p2") and model.key_interval == 0 and model.uses_motion
+    assert model.layers == ("c5", "p4") and model.key_interval == 0 and model.uses_motion
     _, state = model.key_step(image)
     assert state["c5"].shape == (2, 1280, 2, 3)
-    assert state["p2"].shape == (2, 16, 16, 24)
+    assert state["p4"].shape == (2, 16, 4, 6)
 
 
 def test_gradients_reach_every_parameter(frames: tuple[torch.Tensor, ...]) -> None:
@@ -67,7 +67,7 @@ def test_gradients_reach_every_parameter(frames: tuple[torch.Tensor, ...]) -> No
 
 def test_w2_receives_gradient_at_init(frames: tuple[torch.Tensor, ...]) -> None:
     image, prev, flow = frames
-    model = NetWarpModel(num_classes=NUM_CLASSES, **TINY["mobilenetv2"])
+    model = NetWarpModel(num_classes=NUM_CLASSES, layers=("c5", "p2"), **TINY["mobilenetv2"])
     _, state = model.key_step(prev)
     model.nonkey_step(image, prev, flow, state)[0].logsumexp(1).mean().backward()
     assert model.netwarp["p2"].w2.grad.abs().sum() > 0

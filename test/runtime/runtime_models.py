@@ -8,11 +8,13 @@ from vidseg_ros.classes import SYNTH_CLASSES
 from vidseg_ros.models.base import VideoSegModel
 from vidseg_ros.models.registry import build_model
 
-METHODS = ("perframe", "netwarp", "twnet", "grfp")
+#: Model names: methods, plus ``twnet_separable`` (TWNet with the separable CFR; ``twnet`` is the bottleneck).
+METHODS = ("perframe", "netwarp", "twnet", "twnet_separable", "grfp")
+VARIANTS = {"twnet": ("twnet", {"cfr": "bottleneck"}), "twnet_separable": ("twnet", {"cfr": "separable"})}
 TINY = {"backbone": "mobilenetv2", "width_mult": 0.25, "decoder_channels": 16}
 
 
-def tiny_model(method: str, seed: int = 0) -> VideoSegModel:
+def tiny_model(name: str, seed: int = 0) -> VideoSegModel:
     """A tiny model with every parameter nudged off its initial value.
 
     NetWarp's fusion weights start at (1, 0) and TWNet's correction starts at zero, which would make the
@@ -20,7 +22,8 @@ def tiny_model(method: str, seed: int = 0) -> VideoSegModel:
     (warp, FlowCNN, fusion, CFR, RGA) contribute, so carried state is really tested.
     """
     torch.manual_seed(seed)
-    model = build_model(method, num_classes=len(SYNTH_CLASSES), **TINY)
+    method, extra = VARIANTS.get(name, (name, {}))
+    model = build_model(method, num_classes=len(SYNTH_CLASSES), **TINY, **extra)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)

@@ -198,7 +198,8 @@ def test_twnet_stage2_keeps_the_key_cnn_frozen(bag, perframe, tmp_path):
     init, trained = weights(perframe), weights(out)
     for k, v in init.items():  # weights and BN statistics of the key-frame CNN are untouched
         assert torch.equal(trained[f"key_cnn.{k}"], v), k
-    assert trained["cfr.pointwise.weight"].abs().sum() > 0  # CFR left its zero initialisation
+    assert model.cfr_kind == meta.recipe["cfr"] == "bottleneck"
+    assert trained["cfr.expand.weight"].abs().sum() > 0  # CFR left its zero initialisation
 
     warp_only = tmp_path / "warp_only.pt"
     assert (

@@ -68,7 +68,7 @@ def build_model(
         num_classes: Output classes.
         width_mult: MobileNetV2 width multiplier; must stay 1.0 for resnet18.
         **options: Method options: ``decoder_channels`` (all); ``layers`` (netwarp);
-            ``warp_layer``, ``correction``, ``key_interval`` (twnet); ``kernel`` (grfp).
+            ``warp_layer``, ``correction``, ``key_interval``, ``cfr`` (twnet); ``kernel`` (grfp).
 
     Raises:
         ValueError: Unknown method, backbone or option, or an invalid or incompatible value.
@@ -129,7 +129,9 @@ def _twnet(
     warp_layer: int = DEFAULT_WARP_LAYER,
     correction: bool = True,
     key_interval: int = DEFAULT_KEY_INTERVAL,
+    cfr: str = "separable",
 ) -> TWNetModel:
+    # cfr: checkpoints saved before the bottleneck CFR existed have no such key, and are separable.
     return TWNetModel(
         num_classes=num_classes,
         backbone=backbone,
@@ -138,6 +140,7 @@ def _twnet(
         warp_layer=warp_layer,
         correction=correction,
         key_interval=key_interval,
+        cfr=cfr,
     )
 
 

@@ -18,15 +18,33 @@ Layer 3 needs no lateral, so its CFR takes the stride-2 stem output: on CPUs Mob
 are memory-bound and cost about 60% of the per-frame time (25% of its MACs), so stopping at stride 2 is what
 makes that variant cheap in wall-clock time, not just in MACs.
 
-Correction (``correction=True``), applied to the warped features ``w`` at the warp point::
+Correction (``correction=True``), applied to the warped features ``w`` at the warp point, in one of two
+designs (``cfr``):
+
+``separable`` (the first design; checkpoints without a ``cfr`` key are this)::
 
     residual  = CFR(concat[w, spatial])                     one depthwise-separable 3x3 conv
     attention = sigmoid(conv3x3(resize(mean_c |I_t - warp(I_{t-1})|)))      RGA, at flow resolution
     corrected = w + attention * residual
 
-CFR's output conv is zero-initialised, so an untrained correction equals the warp-only variant. The corrected
-features are the state (and are what the next non-key frame warps); the stage-2 L2 consistency loss compares
-them with :meth:`TWNetModel.key_features` of the same frame.
+``bottleneck`` (the default): the same structure, made cheap enough for ONNX Runtime on a CPU, where the
+separable design's non-key step took 2.7x the warp-only step (22 against 8.2 ms at 640x480, one thread)::
+
+    f_t       = I_t pooled to twice the features' size;  p_t = f_t pooled to their size
+    r         = mean_c |p_t - warp(p_{t-1})|          p_{t-1} is carried in the state: each frame pooled once
+    attention = sigmoid(conv3x3(r))                                               RGA, at the features' size
+    hidden    = relu(dw3x3(relu(reduce(concat[w, relu(conv3x3_stride2(f_t)), r]))))   16 channels
+    corrected = w + expand(attention * hidden)                                    expand: 1x1, no bias
+
+No NKFC encoder stage runs: the spatial input comes from the pooled frame, not from the stride-2 stem, whose
+convolutions and layout conversions took about 3 ms of ORT's step. The attention multiplies the 16-channel
+bottleneck, which equals multiplying the residual because ``expand`` is linear. Measured in one interleaved
+ORT run at 640x480: 12.0-12.3 ms a step, against 8.0-8.1 for warp-only and 29.0-29.7 for the per-frame
+model. It trades accuracy for that: see the README's results (TWNet rows).
+
+Either CFR's output conv is zero-initialised, so an untrained correction equals the warp-only variant. The
+corrected features are the state (and are what the next non-key frame warps); the stage-2 L2 consistency loss
+compares them with :meth:`TWNetModel.key_features` of the same frame.
 """
 
 from __future__ import annotations
@@ -49,6 +67,11 @@ WARP_POINTS: dict[int, str] = {1: "p4", 2: "p3", 3: "p2"}
 #: Encoder level whose features feed CFR, per ``warp_layer``.
 SPATIAL_LEVEL: dict[int, str] = {1: "c3", 2: "c2", 3: "c1"}
 DEFAULT_KEY_INTERVAL = 12
+#: CFR designs (see the module docstring): ``separable`` over NKFC stem features, ``bottleneck`` over the
+#: pooled frame.
+CFR_KINDS = ("separable", "bottleneck")
+#: State key of the previous frame pooled to the warp point (bottleneck CFR only).
+POOLED_IMAGE = "image"
 #: Layer 3 is the one that keeps the measured average cost at key interval 12 under 0.6x per-frame on a CPU
 #: (model step 0.54x, whole pipeline 0.60x with MobileNetV2 x0.5 at 320x240; Layer 2's pipeline measured
 #: 0.82x, because the stride-2 and stride-4 stages it recomputes take 58% of the per-frame time and are
@@ -130,26 +153,73 @@ class CFR(nn.Module):
         return a + b
 
 
+class BottleneckCFR(nn.Module):
+    """CFR for CPUs: a bottleneck over the warped features, the frame at twice their resolution and RGA's
+    residual (see the module docstring).
+
+    RGA's attention multiplies the ``width``-channel bottleneck; ``expand`` has no bias, so that equals
+    multiplying the residual, on fewer channels. ``expand`` is zero-initialised: untrained, it is warp-only.
+    """
+
+    def __init__(self, channels: int, width: int = 16, spatial_channels: int = 16) -> None:
+        super().__init__()
+        self.spatial = nn.Conv2d(3, spatial_channels, 3, stride=2, padding=1)
+        self.reduce = nn.Conv2d(channels + spatial_channels + 1, width, 1)
+        self.mix = nn.Conv2d(width, width, 3, padding=1, groups=width)
+        self.expand = nn.Conv2d(width, channels, 1, bias=False)
+        nn.init.zeros_(self.expand.weight)
+
+    @staticmethod
+    def pool(image: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """The frame pooled to twice ``size`` (the spatial input) and to ``size`` (for RGA and the state)."""
+        fine = resize_to(image, (2 * size[0], 2 * size[1]))
+        return fine, resize_to(fine, size)
+
+    def forward(self, warped: Tensor, fine: Tensor, attention: Tensor, residual: Tensor) -> Tensor:
+        """The corrected features, from the warped ones, the frame at twice their size, and RGA's output."""
+        if torch.onnx.is_in_onnx_export():
+            # An identity that ONNX Runtime runs in its blocked (NCHWc) layout: the final sum then fuses into
+            # the expand convolution and the classifier reads the blocked result. Without it the warped map
+            # stays in plain layout, and the sum and two layout conversions cost about 1 ms more at 640x480.
+            warped = F.max_pool2d(warped, 1)
+        size = (int(warped.shape[-2]), int(warped.shape[-1]))
+        spatial = resize_to(F.relu(self.spatial(fine)), size)
+        # reduce over [warped, spatial, residual], one convolution per input: no concatenation is built.
+        c, s, w = int(warped.shape[1]), int(spatial.shape[1]), self.reduce.weight
+        reduced = F.conv2d(warped, w[:, :c], self.reduce.bias) + F.conv2d(spatial, w[:, c : c + s])
+        reduced = reduced + F.conv2d(residual, w[:, c + s :])
+        hidden = F.relu(self.mix(F.relu(reduced)))
+        return warped + self.expand(attention * hidden)
+
+
 class RGA(nn.Module):
     """Residual-guided attention: ``sigmoid(conv3x3(residual))``, residual = mean_c |I_t - warp(I_{t-1})|.
 
     The residual is measured at the flow's resolution (where the motion was estimated; usually a fraction of
-    the input, which keeps this cheap) and then averaged down to the feature resolution. Initialised to a
-    constant 0.5 (zero weights); it learns once CFR produces a non-zero residual.
+    the input, which keeps this cheap) and then averaged down to the feature resolution; with
+    ``at_features`` (the bottleneck CFR, which passes frames already pooled) at the features' size. Initialised
+    to a constant 0.5 (zero weights); it learns once CFR produces a non-zero residual.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, at_features: bool = False) -> None:
         super().__init__()
+        self.at_features = at_features
         self.conv = nn.Conv2d(1, 1, 3, padding=1)
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
 
-    def forward(self, image: Tensor, prev_image: Tensor, flow: Tensor, size: tuple[int, int]) -> Tensor:
-        motion_size = (int(flow.shape[-2]), int(flow.shape[-1]))
+    def residual(self, image: Tensor, prev_image: Tensor, flow: Tensor, size: tuple[int, int]) -> Tensor:
+        motion_size = size if self.at_features else (int(flow.shape[-2]), int(flow.shape[-1]))
         image = resize_to(image, motion_size)
         prev_image = resize_to(prev_image, motion_size)
         residual = (image - warp(prev_image, flow)).abs().mean(dim=1, keepdim=True)
-        return torch.sigmoid(self.conv(resize_to(residual, size)))
+        return resize_to(residual, size)
+
+    def attend(self, residual: Tensor) -> Tensor:
+        return torch.sigmoid(self.conv(residual))
+
+    def forward(self, image: Tensor, prev_image: Tensor, flow: Tensor, size: tuple[int, int]) -> Tensor:
+        return self.attend(self.residual(image, prev_image, flow, size))
 
 
 class TWNetModel(VideoSegModel):
@@ -160,8 +230,10 @@ class TWNetModel(VideoSegModel):
         warp_layer: 1, 2 or 3: warp ``p4``, ``p3`` or ``p2`` (see the module docstring); default 3.
         correction: Add CFR and RGA; ``False`` gives the warp-only variant.
         key_interval: Default key-frame interval (GOP 12 in the paper).
+        cfr: ``bottleneck`` (default) or ``separable``: the correction's design (see the module docstring).
 
-    State: ``{warp_point: features}``, e.g. ``{"p3": [B, decoder_channels, H/8, W/8]}`` for warp_layer 2;
+    State: ``{warp_point: features}``, e.g. ``{"p3": [B, decoder_channels, H/8, W/8]}`` for warp_layer 2,
+    plus ``{"image": [B, 3, h, w]}`` (the frame pooled to the features' size) with the bottleneck CFR;
     the key CNN's features after a key frame, the corrected features after a non-key frame.
 
     Stage-2 training: :meth:`from_image_model` (or :meth:`load_image_weights`), :meth:`freeze_key_cnn`, then
@@ -182,11 +254,15 @@ class TWNetModel(VideoSegModel):
         warp_layer: int = DEFAULT_WARP_LAYER,
         correction: bool = True,
         key_interval: int = DEFAULT_KEY_INTERVAL,
+        cfr: str = "bottleneck",
     ) -> None:
         super().__init__()
         self.warp_layer = validate_warp_layer(warp_layer)
         if not isinstance(correction, bool):
             raise ValueError(f"correction must be a bool, got {correction!r}")
+        if cfr not in CFR_KINDS:
+            raise ValueError(f"cfr must be one of {'|'.join(CFR_KINDS)}, got {cfr!r}")
+        self.cfr_kind = cfr
         if isinstance(key_interval, bool) or not isinstance(key_interval, int) or key_interval < 1:
             raise ValueError(f"key_interval must be an int >= 1, got {key_interval!r}")
         self.correction = correction
@@ -199,12 +275,16 @@ class TWNetModel(VideoSegModel):
             width_mult=width_mult,
             decoder_channels=decoder_channels,
         )
-        self.nkfc = NonKeyCNN(self.key_cnn, self.warp_layer, need_spatial=correction)
-        self.cfr: CFR | None = None
+        separable = correction and cfr == "separable"
+        self.nkfc = NonKeyCNN(self.key_cnn, self.warp_layer, need_spatial=separable)
+        self.cfr: CFR | BottleneckCFR | None = None
         self.rga: RGA | None = None
-        if correction:
+        if separable:
             self.cfr = CFR(decoder_channels, self.key_cnn.backbone.channels[self.spatial_level])
             self.rga = RGA()
+        elif correction:
+            self.cfr = BottleneckCFR(decoder_channels)
+            self.rga = RGA(at_features=True)
 
     @classmethod
     def from_image_model(
@@ -214,10 +294,15 @@ class TWNetModel(VideoSegModel):
         warp_layer: int = DEFAULT_WARP_LAYER,
         correction: bool = True,
         key_interval: int = DEFAULT_KEY_INTERVAL,
+        cfr: str = "bottleneck",
     ) -> TWNetModel:
         """A TWNet whose key CNN and NKFC are copies of ``image_model`` (weights included)."""
         model = cls(
-            **image_model.config(), warp_layer=warp_layer, correction=correction, key_interval=key_interval
+            **image_model.config(),
+            warp_layer=warp_layer,
+            correction=correction,
+            key_interval=key_interval,
+            cfr=cfr,
         )
         model.load_image_weights(image_model)
         return model.to(next(image_model.parameters()).device)
@@ -243,6 +328,7 @@ class TWNetModel(VideoSegModel):
             "warp_layer": self.warp_layer,
             "correction": self.correction,
             "key_interval": self.key_interval,
+            "cfr": self.cfr_kind,
         }
 
     @torch.no_grad()
@@ -250,21 +336,36 @@ class TWNetModel(VideoSegModel):
         """The key CNN's features at the warp point for ``image``: the target of the L2 consistency loss."""
         return {self.warp_point: self.key_cnn.features(image)[self.warp_point]}
 
+    def key_state(self, features: Tensor, image: Tensor) -> State:
+        """The state after a key frame whose warp-point features are ``features``.
+
+        The bottleneck CFR also keeps the frame pooled to the features' size, which the next step's RGA
+        compares with its own pooled frame (so each frame is pooled once).
+        """
+        state = {self.warp_point: features}
+        if isinstance(self.cfr, BottleneckCFR):
+            state[POOLED_IMAGE] = resize_to(image, (int(features.shape[-2]), int(features.shape[-1])))
+        return state
+
     def key_step(self, image: Tensor) -> tuple[Tensor, State]:
         feats = self.key_cnn.features(image)
-        return feats["logits"], {self.warp_point: feats[self.warp_point]}
+        return feats["logits"], self.key_state(feats[self.warp_point], image)
 
     def nonkey_step(
         self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
     ) -> tuple[Tensor, State]:
         warped = warp(state[self.warp_point], flow)
+        size = (int(warped.shape[-2]), int(warped.shape[-1]))
         feats = self.nkfc.encode(image)
-        features = warped
-        if self.cfr is not None and self.rga is not None:
-            size = (int(warped.shape[-2]), int(warped.shape[-1]))
+        new_state = {self.warp_point: warped}
+        if isinstance(self.cfr, BottleneckCFR) and self.rga is not None:
+            fine, pooled = self.cfr.pool(image, size)
+            residual = self.rga.residual(pooled, state[POOLED_IMAGE], flow, size)
+            attention = self.rga.attend(residual)
+            new_state = {self.warp_point: self.cfr(warped, fine, attention, residual), POOLED_IMAGE: pooled}
+        elif isinstance(self.cfr, CFR) and self.rga is not None:
             spatial = resize_to(feats[self.spatial_level], size)
             attention = self.rga(image, prev_image, flow, size)
-            features = warped + attention * self.cfr(warped, spatial)
-        logits = self.nkfc.decode(features, feats)
-        logits = upsample_logits(logits, (int(image.shape[-2]), int(image.shape[-1])))
-        return logits, {self.warp_point: features}
+            new_state[self.warp_point] = warped + attention * self.cfr(warped, spatial)
+        logits = self.nkfc.decode(new_state[self.warp_point], feats)
+        return upsample_logits(logits, (int(image.shape[-2]), int(image.shape[-1]))), new_state

@@ -59,7 +59,8 @@ def add_data_arguments(p: argparse.ArgumentParser, *, split: str) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Adds the ``train`` options to ``p``."""
-    from vidseg_ros.models.twnet import DEFAULT_WARP_LAYER
+    from vidseg_ros.models.netwarp import DEFAULT_LAYERS
+    from vidseg_ros.models.twnet import CFR_KINDS, DEFAULT_WARP_LAYER
 
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     p.add_argument(
@@ -102,7 +103,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--no-correction", dest="correction", action="store_false", help="twnet: warp-only (no CFR/RGA)"
     )
-    g.add_argument("--netwarp-layers", default="c5,p2", help="netwarp: comma-separated insertion layers")
+    g.add_argument(
+        "--cfr",
+        choices=CFR_KINDS,
+        default="bottleneck",
+        help="twnet: correction design: bottleneck over the pooled frame (default; cheap on CPUs) or "
+        "separable over the NKFC stem features",
+    )
+    g.add_argument(
+        "--netwarp-layers",
+        default=",".join(DEFAULT_LAYERS),
+        help="netwarp: comma-separated insertion layers",
+    )
     g.add_argument("--grfp-kernel", type=int, default=3, help="grfp: convolution size of the STGRU (odd)")
     g.add_argument(
         "--finetune-static",
@@ -203,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         key_interval=args.key_interval,
         warp_layer=args.warp_layer,
         correction=args.correction,
+        cfr=args.cfr,
         finetune_static=args.finetune_static,
         grfp_kernel=args.grfp_kernel,
         netwarp_layers=tuple(x.strip() for x in args.netwarp_layers.split(",") if x.strip()),

@@ -70,6 +70,8 @@ class TrainConfig:
     key_interval: int = DEFAULT_KEY_INTERVAL
     warp_layer: int = DEFAULT_WARP_LAYER
     correction: bool = True
+    #: twnet: the CFR design (``vidseg_ros.models.twnet.CFR_KINDS``).
+    cfr: str = "bottleneck"
     netwarp_layers: tuple[str, ...] = DEFAULT_LAYERS
     #: grfp: train the static network too (it is frozen by default).
     finetune_static: bool = False

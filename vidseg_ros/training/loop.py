@@ -314,7 +314,7 @@ def _recipe(
     }
     if cfg.method == "twnet":
         recipe.update({"lambda": cfg.lam, "final_l2": means[2], "key_interval": cfg.key_interval})
-        recipe.update({"warp_layer": cfg.warp_layer, "correction": cfg.correction})
+        recipe.update({"warp_layer": cfg.warp_layer, "correction": cfg.correction, "cfr": cfg.cfr})
     if cfg.method == "netwarp":
         recipe["netwarp_layers"] = list(cfg.netwarp_layers)
     if cfg.method == "grfp":

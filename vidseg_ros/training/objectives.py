@@ -107,7 +107,11 @@ def build_stage_model(cfg: TrainConfig, classes: ClassTable = SYNTH_TABLE) -> tu
         model = grfp
     else:
         twnet = TWNetModel.from_image_model(
-            image, warp_layer=cfg.warp_layer, correction=cfg.correction, key_interval=cfg.key_interval
+            image,
+            warp_layer=cfg.warp_layer,
+            correction=cfg.correction,
+            key_interval=cfg.key_interval,
+            cfr=cfg.cfr,
         )
         twnet.freeze_key_cnn()
         model = twnet
@@ -180,7 +184,7 @@ class StageObjective(nn.Module):
                 # state (exactly what key_step stores), the others the L2 targets.
                 t, b = images.shape[:2]
                 targets = twnet.key_features(images.flatten(0, 1))[twnet.warp_point].unflatten(0, (t, b))
-            state = {twnet.warp_point: targets[0]}
+            state = twnet.key_state(targets[0], images[0])
         else:
             _, state = model.key_step(images[0])
         ce = images.new_zeros(())
