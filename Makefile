@@ -9,7 +9,7 @@ ROS_WHEELS := "ros-jazzy-rclpy[fastrtps]" ros-jazzy-sensor-msgs ros-jazzy-diagno
 # torch==2.13.0 resolves to the CPU wheel here; a plain `torch` would pull gigabytes of CUDA packages.
 PY_DEPS    := torch==2.13.0 opencv-python-headless numpy pyyaml rosbags mcap-ros2-support tqdm imageio \
               matplotlib onnx onnxruntime pillow pytest ruff \
-              cityscapesscripts
+              cityscapesscripts av
 
 .PHONY: setup test lint demo bench clean
 

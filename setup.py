@@ -23,6 +23,8 @@ setup(
         # The CLI (synth/train/eval/bench/export) and the demo.
         "tools": ["rosbags>=0.10", "tqdm", "imageio", "pillow"],
         "onnx": ["onnx", "onnxruntime"],
+        # TWNet on codec motion: H.264 / MPEG-4 decoding with motion vectors, and libx264 encoding.
+        "codec": ["av"],
         # onnxruntime's CUDA and TensorRT execution providers (desktop GPUs; on Jetson use NVIDIA's wheel).
         "ort-gpu": ["onnx", "onnxruntime-gpu"],
         "tensorrt": ["torch-tensorrt"],

@@ -1,0 +1,252 @@
+"""Motion from the compressed stream: H.264 and MPEG-4 Part 2 block motion vectors as reverse flow.
+
+TWNet as published takes its motion from the codec instead of computing optical flow. FFmpeg exports each
+inter-coded block's vector when decoding with ``flags2=+export_mvs``; PyAV hands them over as records of
+``(source, w, h, src_x, src_y, dst_x, dst_y, flags, motion_x, motion_y, motion_scale)``: the ``w`` x ``h``
+block centred at ``(dst_x, dst_y)`` of this frame is predicted from the reference frame at
+``(dst_x, dst_y) + (motion_x, motion_y) / motion_scale``. A negative ``source`` is a past reference, which
+for the streams this package writes (no B-frames) is the previous frame.
+
+That is already the models' *reverse* flow (for a pixel of frame t, where it was in frame t-1), at block
+resolution. :func:`vectors_to_flow` rasterises the vectors on a grid of ``cell`` x ``cell`` pixel cells (4:
+the smallest H.264 partition) and returns the flow in pixels of that grid, the convention of
+:class:`~vidseg_ros.motion.flow.DISFlow` (the warp rescales it to whatever it warps). Cells no vector covers
+(intra blocks in a P-frame, skipped reference data) are filled from their neighbours by
+:func:`fill_missing`; an I-frame has no vectors at all and is a key frame.
+
+RGA's residual: PyAV does not export the decoder's prediction residual. The codec's residual is the current
+frame minus its motion-compensated prediction, i.e. ``I_t - warp(I_{t-1}, mv)`` plus quantisation noise and
+the codec's sub-pixel filters, which is exactly what RGA computes from the decoded frames and these vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+#: Flow grid cell, in pixels: the smallest H.264 motion partition (4x4).
+CELL = 4
+#: Neighbour-averaging rounds of :func:`fill_missing` before what is left takes the median vector.
+FILL_ROUNDS = 32
+#: FFmpeg's AVPictureType values (PyAV 18 returns the plain int).
+PICTURE_TYPES = {1: "I", 2: "P", 3: "B", 4: "S", 5: "SI", 6: "SP", 7: "BI"}
+#: Decoders that export motion vectors, by the names their streams use.
+CODECS = ("h264", "mpeg4", "msmpeg4v3", "msmpeg4")
+
+
+class CodecError(ValueError):
+    """A stream or packet that cannot be decoded, or PyAV missing."""
+
+
+def _av() -> Any:
+    try:
+        import av
+    except ImportError as e:
+        raise CodecError("motion source codec needs PyAV: pip install av") from e
+    return av
+
+
+def vectors_to_flow(
+    vectors: np.ndarray | None, height: int, width: int, cell: int = CELL
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rasterises motion-vector records into reverse flow on a ``cell``-pixel grid.
+
+    Args:
+        vectors: PyAV's ``MotionVectors.to_ndarray()`` records (or None: no vectors).
+        height, width: Frame size in pixels.
+        cell: Grid cell in pixels.
+
+    Returns:
+        ``(flow, covered)``: ``float32 [2, ceil(H / cell), ceil(W / cell)]`` (dx, dy) in pixels of the grid,
+        and a bool ``[h, w]`` mask of the cells a past-reference vector covers. Uncovered cells are 0.
+    """
+    gh, gw = -(-height // cell), -(-width // cell)
+    flow = np.zeros((2, gh, gw), np.float32)
+    covered = np.zeros((gh, gw), bool)
+    if vectors is None or len(vectors) == 0:
+        return flow, covered
+    past = vectors[vectors["source"] < 0]
+    scale = np.maximum(past["motion_scale"].astype(np.float32), 1.0)
+    dx = past["motion_x"].astype(np.float32) / scale / cell
+    dy = past["motion_y"].astype(np.float32) / scale / cell
+    bw, bh = past["w"].astype(np.int64), past["h"].astype(np.int64)
+    x0 = (past["dst_x"].astype(np.int64) - bw // 2) // cell
+    y0 = (past["dst_y"].astype(np.int64) - bh // 2) // cell
+    # One vectorised scatter per block size (a handful: 16x16, 16x8, 8x8, ...).
+    for size in np.unique(np.stack([bw, bh], 1), axis=0):
+        sel = (bw == size[0]) & (bh == size[1])
+        nx, ny = max(1, int(size[0]) // cell), max(1, int(size[1]) // cell)
+        oy, ox = np.mgrid[0:ny, 0:nx]
+        ys = (y0[sel][:, None] + oy.ravel()[None]).ravel()
+        xs = (x0[sel][:, None] + ox.ravel()[None]).ravel()
+        inside = (ys >= 0) & (ys < gh) & (xs >= 0) & (xs < gw)
+        reps = ny * nx
+        flow[0, ys[inside], xs[inside]] = np.repeat(dx[sel], reps)[inside]
+        flow[1, ys[inside], xs[inside]] = np.repeat(dy[sel], reps)[inside]
+        covered[ys[inside], xs[inside]] = True
+    return flow, covered
+
+
+def fill_missing(flow: np.ndarray, covered: np.ndarray, rounds: int = FILL_ROUNDS) -> np.ndarray:
+    """Fills the cells no vector covers with the mean of their covered neighbours, growing one cell a round.
+
+    What is still empty after ``rounds`` (a large intra region) takes the median covered vector; with no
+    vector at all the flow is zero.
+    """
+    if covered.all():
+        return flow
+    if not covered.any():
+        return np.zeros_like(flow)
+    out = flow * covered
+    have = covered.astype(np.float32)
+    for _ in range(rounds):
+        if have.all():
+            return out
+        weight = cv2.blur(have, (3, 3), borderType=cv2.BORDER_CONSTANT)
+        fresh = (have == 0) & (weight > 0)
+        if not fresh.any():
+            break
+        for c in range(2):
+            sums = cv2.blur(out[c] * have, (3, 3), borderType=cv2.BORDER_CONSTANT)
+            out[c][fresh] = sums[fresh] / weight[fresh]
+        have[fresh] = 1.0
+    if not have.all():
+        median = np.median(flow[:, covered], axis=1)
+        out[:, have == 0] = median[:, None]
+    return out
+
+
+@dataclass(frozen=True)
+class CodecFrame:
+    """One decoded frame.
+
+    Attributes:
+        rgb: ``uint8 [H, W, 3]``.
+        intra: An I-frame (no motion; a key frame).
+        flow: Reverse flow ``float32 [2, h, w]`` in pixels of the ``CELL`` grid, missing cells filled; None
+            on I-frames.
+        coverage: Fraction of grid cells a vector covered before filling (0 on I-frames).
+        pict_type: ``I``, ``P`` or ``B``.
+    """
+
+    rgb: np.ndarray
+    intra: bool
+    flow: np.ndarray | None
+    coverage: float
+    pict_type: str
+
+
+def _codec_frame(frame: Any) -> CodecFrame:
+    rgb = frame.to_ndarray(format="rgb24")
+    pict = PICTURE_TYPES.get(int(frame.pict_type), "?")
+    intra = pict == "I"
+    if intra:
+        return CodecFrame(rgb, True, None, 0.0, pict)
+    vectors = None
+    for side in frame.side_data:
+        if "MOTION_VECTORS" in str(side.type):
+            vectors = side.to_ndarray()
+    flow, covered = vectors_to_flow(vectors, rgb.shape[0], rgb.shape[1])
+    return CodecFrame(rgb, False, fill_missing(flow, covered), float(covered.mean()), pict)
+
+
+class PacketDecoder:
+    """Decodes a stream of access units (e.g. ``foxglove_msgs/CompressedVideo`` data) with motion vectors.
+
+    Args:
+        codec: ``h264`` (the only format CompressedVideo bags carry here) or another name in :data:`CODECS`.
+    """
+
+    def __init__(self, codec: str = "h264") -> None:
+        if codec not in CODECS:
+            raise CodecError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
+        av = _av()
+        self.codec = codec
+        self._ctx = av.CodecContext.create(codec, "r")
+        self._ctx.options = {"flags2": "+export_mvs"}
+        self._ctx.thread_count = 1
+        self._av = av
+
+    def decode(self, data: bytes) -> list[CodecFrame]:
+        """The frames one access unit completes (usually one; none while the decoder still needs data)."""
+        try:
+            frames = self._ctx.decode(self._av.Packet(data))
+        except self._av.FFmpegError as e:
+            raise CodecError(f"cannot decode {self.codec} packet of {len(data)} bytes: {e}") from e
+        return [_codec_frame(f) for f in frames]
+
+
+def read_video(path: str | Path) -> Iterator[CodecFrame]:
+    """The frames of a video file (H.264, MPEG-4 Part 2, ...), decoded with their motion vectors."""
+    av = _av()
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as e:
+        raise CodecError(f"cannot open video {path}: {e}") from e
+    with container:
+        if not container.streams.video:
+            raise CodecError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        stream.thread_count = 1
+        try:
+            for frame in container.decode(stream):
+                yield _codec_frame(frame)
+        except av.FFmpegError as e:
+            raise CodecError(f"cannot decode {path}: {e}") from e
+
+
+class H264Encoder:
+    """Encodes RGB frames to H.264 access units with libx264, as robots record them for TWNet on codec motion:
+    a fixed GOP (an I-frame every ``gop`` frames, no scene-cut I-frames) and no B-frames.
+
+    Args:
+        width, height: Frame size (even).
+        gop: I-frame interval.
+        fps: Nominal rate (time base of the packets).
+        crf: libx264 constant rate factor (quality; lower is better).
+    """
+
+    def __init__(self, width: int, height: int, *, gop: int = 12, fps: int = 15, crf: int = 20) -> None:
+        if width % 2 or height % 2:
+            raise CodecError(f"H.264 (yuv420p) needs an even frame size, got {width}x{height}")
+        av = _av()
+        self._av = av
+        self.width, self.height = width, height
+        ctx = av.CodecContext.create("libx264", "w")
+        ctx.width, ctx.height = width, height
+        ctx.pix_fmt = "yuv420p"
+        ctx.time_base = Fraction(1, fps)
+        ctx.framerate = fps
+        ctx.gop_size = gop
+        ctx.max_b_frames = 0
+        ctx.thread_count = 1
+        ctx.options = {
+            "crf": str(crf),
+            "preset": "veryfast",
+            "tune": "zerolatency",
+            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0",
+        }
+        self._ctx = ctx
+        self._index = 0
+
+    def encode(self, rgb: np.ndarray) -> list[bytes]:
+        """Access units completed by one ``uint8 [H, W, 3]`` frame (one, with zero latency)."""
+        if rgb.shape != (self.height, self.width, 3) or rgb.dtype != np.uint8:
+            raise CodecError(
+                f"expected uint8 {self.height}x{self.width}x3 frames, got {rgb.dtype} {rgb.shape}"
+            )
+        frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = self._index
+        self._index += 1
+        return [bytes(p) for p in self._ctx.encode(frame)]
+
+    def flush(self) -> list[bytes]:
+        """Access units still buffered in the encoder."""
+        return [bytes(p) for p in self._ctx.encode(None)]
