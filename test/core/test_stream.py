@@ -128,3 +128,52 @@ def test_first_max_ids_match_max_indices_ties_and_layouts(tiny_checkpoint):
     np.testing.assert_array_equal(seg.to_mask(channels_last, (30, 40)), want.numpy())
     nan = torch.full((3, 1, 2), float("nan"))
     assert first_max_ids(nan).max() <= 2  # still a class id
+
+
+def _codec(intra: bool, flow: np.ndarray | None = None, decode_ms: float = 2.5):
+    from vidseg_ros.motion.codec import CodecFrame
+
+    if not intra and flow is None:
+        flow = np.zeros((2, 12, 16), np.float32)
+    return CodecFrame(
+        np.zeros((1, 1, 3), np.uint8),
+        intra,
+        None if intra else flow,
+        0.0 if intra else 1.0,
+        "I" if intra else "P",
+        decode_ms,
+    )
+
+
+@pytest.mark.parametrize(("method", "interval"), [("twnet", 3), ("netwarp", None), ("perframe", None)])
+def test_codec_motion_keys_on_i_frames_and_after_resets(tiny_checkpoint, method, interval):
+    """With codec motion the I-frames are the key frames, whatever the model's own interval; a reset still
+    makes the next frame a key frame, and the decode time is the decode stage."""
+    model, meta = load_checkpoint(tiny_checkpoint(method))
+    stream = Stream(Segmenter(model, meta, key_interval=interval), max_gap_s=0.5)
+    intra = [1, 0, 0, 0, 0, 1, 0, 0]
+    stamps = [i * S // 10 for i in range(8)]
+    stamps[7] += S  # a gap: reset before the last frame, which is a P-frame
+    got = []
+    for f, i, t in zip(_frames(8), intra, stamps, strict=True):
+        r = stream.step(f, t, motion=_codec(bool(i)))
+        got.append(int(r.is_key))
+        assert r.timings_ms["decode"] == 2.5
+    expected = [1] * 8 if method == "perframe" else [1, 0, 0, 0, 0, 1, 0, 1]
+    assert got == expected
+
+
+def test_codec_flow_reaches_the_model(tiny_checkpoint):
+    """A non-key frame warps with the codec's flow, not DIS: the same frames with another flow give another
+    state (an untrained model's masks are all one class, so the carried features are compared)."""
+    model, meta = load_checkpoint(tiny_checkpoint("twnet"))
+    seg = Segmenter(model, meta, key_interval=12)
+    f0, f1 = _frames(2)
+    states = []
+    for shift in (0.0, 3.0):
+        stream = Stream(seg)
+        stream.step(f0, 0, motion=_codec(True))
+        r = stream.step(f1, S // 10, motion=_codec(False, np.full((2, 12, 16), shift, np.float32)))
+        assert not r.is_key
+        states.append(stream._history.state["p2"])
+    assert states[0].shape == states[1].shape and not torch.allclose(states[0], states[1])

@@ -36,11 +36,12 @@ from rosbags.interfaces import (
 )
 from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 from rosbags.serde import SerdeError
-from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
 from ..errors import first_line
 from ..imgcodec import ImageDecodeError, decode_compressed, decode_image, encode_compressed, encode_image
+from ..motion.codec import CodecError, CodecFrame, H264Encoder, PacketDecoder
 
 if TYPE_CHECKING:
     from .synth import SynthConfig
@@ -49,6 +50,11 @@ if TYPE_CHECKING:
 SYNTH_EPOCH_NS = 1_700_000_000 * 10**9
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
+#: Foxglove's video message (one H.264 access unit each; no header, its own timestamp and frame_id).
+COMPRESSED_VIDEO_TYPE = "foxglove_msgs/msg/CompressedVideo"
+_COMPRESSED_VIDEO_MSG = "builtin_interfaces/Time timestamp\nstring frame_id\nuint8[] data\nstring format\n"
+#: What ``vidseg synth --codec h264`` appends to the image topic.
+VIDEO_SUFFIX = "/h264"
 #: What image_transport appends to a camera's base topic for the compressed transport.
 COMPRESSED_SUFFIX = "/compressed"
 #: ``custom_data`` key of ``metadata.yaml`` that marks a bag rendered by ``vidseg synth``.
@@ -87,8 +93,11 @@ _CORRUPT = (AnyReaderError, SerdeError, ValueError, OverflowError, IndexError, K
 
 @lru_cache(maxsize=1)
 def typestore() -> Typestore:
-    """The ROS 2 Jazzy message types bundled with rosbags (also used as fallback when reading)."""
-    return get_typestore(Stores.ROS2_JAZZY)
+    """The ROS 2 Jazzy message types bundled with rosbags, plus foxglove_msgs/msg/CompressedVideo (also used
+    as fallback when reading)."""
+    store = get_typestore(Stores.ROS2_JAZZY)
+    store.register(get_types_from_msg(_COMPRESSED_VIDEO_MSG, COMPRESSED_VIDEO_TYPE))
+    return store
 
 
 def stamp_to_ns(stamp: Any) -> int:
@@ -271,6 +280,18 @@ class BagWriter:
         }
         self.write(topic, COMPRESSED_IMAGE_TYPE, msg, stamp_ns)
 
+    def write_video_unit(
+        self, topic: str, stamp_ns: int, frame_id: str, data: bytes, fmt: str = "h264"
+    ) -> None:
+        """Writes one access unit as ``foxglove_msgs/msg/CompressedVideo`` (timestamp and log time ``stamp_ns``)."""
+        msg = {
+            "timestamp": int(stamp_ns),
+            "frame_id": frame_id,
+            "data": np.frombuffer(data, np.uint8),
+            "format": fmt,
+        }
+        self.write(topic, COMPRESSED_VIDEO_TYPE, msg, stamp_ns)
+
 
 def _open(path: str | Path) -> AnyReader:
     path = Path(path)
@@ -305,12 +326,48 @@ def read_messages(
 
 @dataclass
 class BagFrame:
-    """One camera frame from a bag: RGB image and, when the bag has them, its label ids."""
+    """One camera frame from a bag: RGB image and, when the bag has them, its label ids.
+
+    ``motion`` is the decoded frame with its codec motion (intra flag, flow, decode time) for
+    ``foxglove_msgs/msg/CompressedVideo`` topics, else None.
+    """
 
     stamp_ns: int
     frame_id: str
     image: np.ndarray
     labels: np.ndarray | None
+    motion: CodecFrame | None = None
+
+
+def _header(msg: Any) -> tuple[int, str]:
+    """(stamp ns, frame_id) of an image message, or of a CompressedVideo (which has no header)."""
+    if hasattr(msg, "header"):
+        return stamp_to_ns(msg.header.stamp), msg.header.frame_id
+    return stamp_to_ns(msg.timestamp), msg.frame_id
+
+
+class _VideoTopic:
+    """Decodes a CompressedVideo topic in order: one access unit per message, one frame out of each."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.decoder: PacketDecoder | None = None
+
+    def __call__(self, msg: Any) -> CodecFrame:
+        stamp = stamp_to_ns(msg.timestamp)
+        fmt = str(msg.format).lower()
+        try:
+            if self.decoder is None:
+                self.decoder = PacketDecoder(fmt)
+            frames = self.decoder.decode(bytes(msg.data))
+        except CodecError as e:
+            raise BagError(f"undecodable video on {self.topic} at {stamp} ns: {e}") from e
+        if len(frames) != 1:
+            raise BagError(
+                f"video message on {self.topic} at {stamp} ns decoded to {len(frames)} frames; expected one "
+                "access unit per message and no B-frames"
+            )
+        return frames[0]
 
 
 def _decode(msg: Any, topic: str, mono: bool) -> np.ndarray:
@@ -355,11 +412,14 @@ def read_frames(
         raise BagError(f"bag {path} has no topic {image_topic} (topics: {sorted(info['topics'])})")
     has_labels = label_topic in info["topics"]
     for topic in (image_topic, label_topic) if has_labels else (image_topic,):
-        if info["types"][topic] not in (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE):
+        kinds = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE) + (
+            (COMPRESSED_VIDEO_TYPE,) if topic == image_topic else ()
+        )
+        if info["types"][topic] not in kinds:
             raise BagError(
-                f"topic {topic} of bag {path} carries {info['types'][topic]}, not {IMAGE_TYPE} or "
-                f"{COMPRESSED_IMAGE_TYPE}"
+                f"topic {topic} of bag {path} carries {info['types'][topic]}, not {' or '.join(kinds)}"
             )
+    video = _VideoTopic(image_topic) if info["types"][image_topic] == COMPRESSED_VIDEO_TYPE else None
     pending: deque[tuple[int, Any]] = deque()  # (stamp, image message) in bag order, waiting for labels
     labels: OrderedDict[int, np.ndarray] = OrderedDict()  # stamp -> labels that arrived first
 
@@ -370,12 +430,13 @@ def read_frames(
             if not (stamp in labels or force or not has_labels or len(pending) > max_pending):
                 return
             pending.popleft()
-            image = _decode(msg, image_topic, False)
-            yield BagFrame(stamp, msg.header.frame_id, image, labels.pop(stamp, None))
+            motion = video(msg) if video is not None else None
+            image = motion.rgb if motion is not None else _decode(msg, image_topic, False)
+            yield BagFrame(stamp, _header(msg)[1], image, labels.pop(stamp, None), motion)
 
     topics = [image_topic, label_topic] if has_labels else [image_topic]
     for topic, _, msg in read_messages(path, topics):
-        stamp = stamp_to_ns(msg.header.stamp)
+        stamp = _header(msg)[0]
         if topic == image_topic:
             pending.append((stamp, msg))
         else:
@@ -434,6 +495,7 @@ def write_synth_bag(
     label_topic: str = "/camera/labels",
     frame_id: str = "camera",
     compressed: str | None = None,
+    gop: int = 12,
     progress: bool = True,
 ) -> int:
     """Renders a synthetic sequence into a bag: rgb8 images and mono8 labels with identical stamps.
@@ -441,9 +503,11 @@ def write_synth_bag(
     Stamps start at :data:`SYNTH_EPOCH_NS` and are spaced ``1 / cfg.fps``; each message's log time equals
     its header stamp. Returns the number of frames written.
 
-    With ``compressed`` the images are ``sensor_msgs/CompressedImage`` on ``<image_topic>/compressed``, as a
-    camera recorded through image_transport's compressed transport; the labels stay lossless mono8 Images on
-    ``label_topic`` (ground truth is not camera output, and JPEG would change class ids).
+    With ``compressed`` ``jpeg`` or ``png`` the images are ``sensor_msgs/CompressedImage`` on
+    ``<image_topic>/compressed``, as a camera recorded through image_transport's compressed transport; with
+    ``h264`` they are ``foxglove_msgs/msg/CompressedVideo`` on ``<image_topic>/h264`` (libx264, an I-frame
+    every ``gop`` frames, no B-frames, one access unit per message). The labels stay lossless mono8 Images on
+    ``label_topic`` (ground truth is not camera output, and compression would change class ids).
 
     Args:
         path: Bag directory to create (must not exist).
@@ -452,7 +516,8 @@ def write_synth_bag(
         image_topic: Topic of the RGB images.
         label_topic: Topic of the label images.
         frame_id: ``header.frame_id`` of both.
-        compressed: None for rgb8 Images, else ``"jpeg"`` or ``"png"``.
+        compressed: None for rgb8 Images, else ``"jpeg"``, ``"png"`` or ``"h264"``.
+        gop: I-frame interval of ``h264``.
         progress: Show a tqdm progress bar on stderr.
 
     Raises:
@@ -463,10 +528,14 @@ def write_synth_bag(
 
     from .synth import generate  # deferred: reading bags should not import the renderer
 
-    if compressed not in (None, "jpeg", "png"):
-        raise ValueError(f"unknown compression {compressed!r} (expected jpeg or png)")
+    if compressed not in (None, "jpeg", "png", "h264"):
+        raise ValueError(f"unknown compression {compressed!r} (expected jpeg, png or h264)")
     frames = generate(cfg)  # validates cfg before the bag directory is created
-    topic = image_topic + COMPRESSED_SUFFIX if compressed else image_topic
+    encoder = (
+        H264Encoder(cfg.width, cfg.height, gop=gop, fps=round(cfg.fps)) if compressed == "h264" else None
+    )
+    suffix = {None: "", "h264": VIDEO_SUFFIX}.get(compressed, COMPRESSED_SUFFIX)
+    topic = image_topic + suffix
     count = 0
     with (
         BagWriter(path, storage) as bag,
@@ -475,7 +544,10 @@ def write_synth_bag(
         bag.set_custom_data(SYNTHETIC_KEY, f"vidseg synth seed {cfg.seed}")
         for rgb, labels in frames:
             stamp = SYNTH_EPOCH_NS + round(count * 1e9 / cfg.fps)
-            if compressed:
+            if encoder is not None:
+                for unit in encoder.encode(rgb):  # one per frame: no B-frames, no encoder delay
+                    bag.write_video_unit(topic, stamp, frame_id, unit)
+            elif compressed:
                 bag.write_compressed_image(topic, stamp, frame_id, rgb, compressed)
             else:
                 bag.write_image(topic, stamp, frame_id, rgb, "rgb8")
@@ -491,6 +563,8 @@ __all__ = [
     "BagWriter",
     "COMPRESSED_IMAGE_TYPE",
     "COMPRESSED_SUFFIX",
+    "COMPRESSED_VIDEO_TYPE",
+    "VIDEO_SUFFIX",
     "DEFAULT_QOS",
     "IMAGE_TYPE",
     "SYNTHETIC_KEY",

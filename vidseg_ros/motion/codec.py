@@ -21,6 +21,7 @@ the codec's sub-pixel filters, which is exactly what RGA computes from the decod
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -29,6 +30,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from vidseg_ros.errors import first_line
 
 #: Flow grid cell, in pixels: the smallest H.264 motion partition (4x4).
 CELL = 4
@@ -133,6 +136,7 @@ class CodecFrame:
             on I-frames.
         coverage: Fraction of grid cells a vector covered before filling (0 on I-frames).
         pict_type: ``I``, ``P`` or ``B``.
+        decode_ms: Time to decode it, convert it to RGB and turn its vectors into flow.
     """
 
     rgb: np.ndarray
@@ -140,20 +144,22 @@ class CodecFrame:
     flow: np.ndarray | None
     coverage: float
     pict_type: str
+    decode_ms: float = 0.0
 
 
-def _codec_frame(frame: Any) -> CodecFrame:
+def _codec_frame(frame: Any, started: float) -> CodecFrame:
+    """``frame`` as a :class:`CodecFrame`; ``started`` is the ``perf_counter`` when its decoding began."""
     rgb = frame.to_ndarray(format="rgb24")
     pict = PICTURE_TYPES.get(int(frame.pict_type), "?")
-    intra = pict == "I"
-    if intra:
-        return CodecFrame(rgb, True, None, 0.0, pict)
+    if pict == "I":
+        return CodecFrame(rgb, True, None, 0.0, pict, (time.perf_counter() - started) * 1e3)
     vectors = None
     for side in frame.side_data:
         if "MOTION_VECTORS" in str(side.type):
             vectors = side.to_ndarray()
     flow, covered = vectors_to_flow(vectors, rgb.shape[0], rgb.shape[1])
-    return CodecFrame(rgb, False, fill_missing(flow, covered), float(covered.mean()), pict)
+    flow = fill_missing(flow, covered)
+    return CodecFrame(rgb, False, flow, float(covered.mean()), pict, (time.perf_counter() - started) * 1e3)
 
 
 class PacketDecoder:
@@ -175,11 +181,14 @@ class PacketDecoder:
 
     def decode(self, data: bytes) -> list[CodecFrame]:
         """The frames one access unit completes (usually one; none while the decoder still needs data)."""
+        started = time.perf_counter()
         try:
-            frames = self._ctx.decode(self._av.Packet(data))
+            frames = self._ctx.decode(self._av.Packet(bytes(data)))
         except self._av.FFmpegError as e:
-            raise CodecError(f"cannot decode {self.codec} packet of {len(data)} bytes: {e}") from e
-        return [_codec_frame(f) for f in frames]
+            raise CodecError(
+                f"cannot decode {self.codec} packet of {len(data)} bytes: {first_line(e)}"
+            ) from e
+        return [_codec_frame(f, started) for f in frames]
 
 
 def read_video(path: str | Path) -> Iterator[CodecFrame]:
@@ -188,7 +197,7 @@ def read_video(path: str | Path) -> Iterator[CodecFrame]:
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError) as e:
-        raise CodecError(f"cannot open video {path}: {e}") from e
+        raise CodecError(f"cannot open video {path}: {first_line(e)}") from e
     with container:
         if not container.streams.video:
             raise CodecError(f"{path} has no video stream")
@@ -196,10 +205,16 @@ def read_video(path: str | Path) -> Iterator[CodecFrame]:
         stream.codec_context.options = {"flags2": "+export_mvs"}
         stream.thread_count = 1
         try:
-            for frame in container.decode(stream):
-                yield _codec_frame(frame)
+            packets = container.demux(stream)
+            while True:
+                started = time.perf_counter()
+                packet = next(packets, None)
+                if packet is None:
+                    return
+                for frame in packet.decode():
+                    yield _codec_frame(frame, started)
         except av.FFmpegError as e:
-            raise CodecError(f"cannot decode {path}: {e}") from e
+            raise CodecError(f"cannot decode {path}: {first_line(e)}") from e
 
 
 class H264Encoder:
@@ -250,3 +265,21 @@ class H264Encoder:
     def flush(self) -> list[bytes]:
         """Access units still buffered in the encoder."""
         return [bytes(p) for p in self._ctx.encode(None)]
+
+
+def video_info(path: str | Path) -> tuple[int, float]:
+    """``(frames, fps)`` of a video file's first video stream; frames are counted by demuxing when the
+    container does not say."""
+    av = _av()
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise CodecError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 30)
+            frames = int(stream.frames or 0)
+            if frames <= 0:
+                frames = sum(1 for p in container.demux(stream) if p.size)
+            return frames, rate
+    except (av.FFmpegError, OSError) as e:
+        raise CodecError(f"cannot open video {path}: {first_line(e)}") from e

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vidseg_ros.models.base import State, VideoSegModel
+from vidseg_ros.motion.warp import resize_flow
 from vidseg_ros.runtime.backends import Backend, EagerBackend
 from vidseg_ros.runtime.checkpoint import ModelMeta
 from vidseg_ros.runtime.steps import default_flow_hw
@@ -169,6 +170,14 @@ class Segmenter:
         assert self.flow is not None and current.gray is not None and previous.gray is not None
         flow = self.flow(current.gray, previous.gray)
         return torch.from_numpy(flow).unsqueeze(0).to(self.device)
+
+    def codec_motion(self, flow: np.ndarray | None) -> torch.Tensor:
+        """A decoder's reverse flow (``[2, h, w]`` in pixels of its own grid) at the size DIS flow has here, as
+        ``[1, 2, h, w]`` on the model's device, so the steps see the shapes they were built for."""
+        if flow is None:
+            raise ValueError("a non-key frame needs codec motion; an I-frame has none")
+        size = (self.flow_size[1], self.flow_size[0])
+        return resize_flow(torch.from_numpy(flow).unsqueeze(0), size).to(self.device)
 
     def key_step(self, frame: FrameTensors) -> tuple[torch.Tensor, State]:
         return self.backend.key_step(frame.image)

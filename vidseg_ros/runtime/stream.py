@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vidseg_ros.models.base import State
+from vidseg_ros.motion.codec import CodecFrame
 from vidseg_ros.runtime.segmenter import FrameTensors, Segmenter
 
 
@@ -74,19 +75,32 @@ class Stream:
             return f"frame_id changed from '{h.frame_id}' to '{frame_id}'"
         return None
 
-    def _is_key(self) -> bool:
+    def _is_key(self, motion: CodecFrame | None) -> bool:
         h = self._history
         if h is None:
             return True
+        if motion is not None:  # codec motion: the I-frames are the key frames (they carry no vectors)
+            return motion.intra or not self.segmenter.uses_motion
         interval = self.segmenter.key_interval
         if interval == 1:
             return True
         return interval > 1 and h.since_key + 1 >= interval
 
     def step(
-        self, rgb: np.ndarray, stamp_ns: int, *, encoding: str = "rgb8", frame_id: str = ""
+        self,
+        rgb: np.ndarray,
+        stamp_ns: int,
+        *,
+        encoding: str = "rgb8",
+        frame_id: str = "",
+        motion: CodecFrame | None = None,
     ) -> StepResult:
-        """Segment one ``[H, W, 3]`` uint8 RGB frame, continuing (or resetting) the temporal state."""
+        """Segment one ``[H, W, 3]`` uint8 RGB frame, continuing (or resetting) the temporal state.
+
+        ``motion`` is the frame as a video decoder gave it (``rgb`` is its image): the key frames are then its
+        I-frames (and any frame after a reset), non-key frames take its codec flow instead of DIS, and its
+        decode time is the ``decode`` stage.
+        """
         shape = (int(rgb.shape[0]), int(rgb.shape[1]))
         reason = self.reset_reason(stamp_ns, shape, encoding, frame_id)
         if reason is not None:
@@ -98,11 +112,11 @@ class Stream:
         t0 = time.perf_counter()
         frame = seg.prepare(rgb)
         tp = time.perf_counter()
-        is_key = self._is_key()
+        is_key = self._is_key(motion)
         flow = None
         h = self._history
         if not is_key and h is not None and seg.uses_motion:
-            flow = seg.motion(frame, h.frame)
+            flow = seg.motion(frame, h.frame) if motion is None else seg.codec_motion(motion.flow)
         t1 = time.perf_counter()
         if is_key or h is None:
             logits, state = seg.key_step(frame)
@@ -115,6 +129,8 @@ class Stream:
         mask = seg.to_mask(logits, shape)
         t3 = time.perf_counter()
 
+        if motion is not None:
+            timings["decode"] = motion.decode_ms
         timings["preprocess"] = (tp - t0) * 1e3
         timings["motion"] = (t1 - tp) * 1e3
         timings["inference"] = (t2 - t1) * 1e3

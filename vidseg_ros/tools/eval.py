@@ -35,6 +35,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--checkpoint", dest="checkpoints", action="append", required=True, help="checkpoint (repeatable)"
     )
     add_data_arguments(p, split="val")
+    p.add_argument(
+        "--video",
+        dest="videos",
+        type=Path,
+        action="append",
+        help="video file (repeatable; H.264, MPEG-4, ...): an unlabelled run (timings and TC), keyed on its "
+        "I-frames with the codec's motion vectors",
+    )
     p.add_argument("--json", type=Path, required=True, help="write the results here")
     p.add_argument("--plot", type=Path, help="write a PNG comparison plot here")
     p.add_argument("--key-interval", type=int, help="override TWNet's key interval (like twnet.key_interval)")
@@ -168,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from vidseg_ros.classes import ClassTable, LabelError, load_classes_yaml
     from vidseg_ros.data.datasets import open_dataset
     from vidseg_ros.data.datasets.bag import BagDataset
+    from vidseg_ros.data.datasets.video import VideoFileDataset
     from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL
     from vidseg_ros.runtime.checkpoint import CheckpointError, read_meta, resolve_checkpoint
     from vidseg_ros.runtime.segmenter import pick_device
@@ -176,9 +185,10 @@ def run(args: argparse.Namespace) -> int:
     if args.key_interval is not None and args.key_interval < 1:
         print(f"vidseg eval: error: --key-interval must be >= 1, got {args.key_interval}", file=sys.stderr)
         return 2
-    if bool(args.bags) == (args.dataset is not None) or (args.dataset and not args.data_root):
+    sources = sum((bool(args.bags), args.dataset is not None, bool(args.videos)))
+    if sources != 1 or (args.dataset and not args.data_root):
         print(
-            "vidseg eval: error: give either --bag (repeatable) or --dataset with --data-root",
+            "vidseg eval: error: give one of --bag (repeatable), --dataset with --data-root, or --video",
             file=sys.stderr,
         )
         return 2
@@ -197,13 +207,18 @@ def run(args: argparse.Namespace) -> int:
         if args.dataset:
             data = open_dataset(args.dataset, args.data_root, args.split)
         else:
-            # Bags' labels hold train ids of --classes, else of the first checkpoint.
+            # Bags' labels hold train ids of --classes, else of the first checkpoint (videos: its classes).
             if args.classes:
                 table = load_classes_yaml(args.classes)
             else:
                 meta = read_meta(resolve_checkpoint(args.checkpoints[0]))
                 table = ClassTable.simple(meta.classes, meta.palette)
-            data = BagDataset(args.bags, table, image_topic=args.image_topic, label_topic=args.label_topic)
+            if args.videos:
+                data = VideoFileDataset(args.videos, table)
+            else:
+                data = BagDataset(
+                    args.bags, table, image_topic=args.image_topic, label_topic=args.label_topic
+                )
         results = evaluate_checkpoints(
             args.checkpoints,
             data,
@@ -230,10 +245,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     report = {
         "data": {
-            "dataset": args.dataset or "bag",
+            "dataset": args.dataset or ("video" if args.videos else "bag"),
             "root": str(args.data_root) if args.dataset else None,
             "split": args.split if args.dataset else None,
             "bags": [str(b) for b in args.bags or []],
+            "videos": [str(v) for v in args.videos or []],
         },  # fmt: skip
         "size": list(args.size) if args.size else None,
         "key_interval": args.key_interval,

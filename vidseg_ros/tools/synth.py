@@ -4,6 +4,7 @@ Example::
 
     vidseg synth --seed 3 --frames 120 --size 640x480 --out bags/street_3
     vidseg synth --seed 3 --compressed jpeg --out bags/street_3_jpeg   # images on /camera/image_raw/compressed
+    vidseg synth --seed 3 --codec h264 --out bags/street_3_h264        # CompressedVideo on /camera/image_raw/h264
 """
 
 from __future__ import annotations
@@ -75,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write the images as sensor_msgs/CompressedImage (JPEG quality 95, or PNG) on IMAGE_TOPIC/compressed, "
         "as a camera recorded through image_transport; labels stay lossless mono8 Images",
     )
+    parser.add_argument(
+        "--codec",
+        choices=("h264",),
+        help="write the images as foxglove_msgs/msg/CompressedVideo on IMAGE_TOPIC/h264 (libx264, an I-frame "
+        "every --gop frames, no B-frames, one access unit per message); labels stay lossless mono8 Images",
+    )
+    parser.add_argument("--gop", type=_positive(int, "--gop"), default=12, help="I-frame interval of --codec")
     parser.add_argument("--frame-id", default="camera", help="header.frame_id of both topics")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
@@ -88,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     if args.seed < 0:
         print(f"vidseg synth: error: --seed must be >= 0, got {args.seed}", file=sys.stderr)
         return 2
+    if args.codec and args.compressed:
+        print("vidseg synth: error: give --compressed or --codec, not both", file=sys.stderr)
+        return 2
     cfg = SynthConfig(
         seed=args.seed, frames=args.frames, width=width, height=height, speed=args.speed, fps=args.fps
     )
@@ -100,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
             image_topic=args.image_topic,
             label_topic=args.label_topic,
             frame_id=args.frame_id,
-            compressed=args.compressed,
+            compressed=args.codec or args.compressed,
+            gop=args.gop,
             progress=not args.no_progress,
         )
     except (BagError, ValueError) as e:
@@ -109,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     # Name the image topic when it is not the one every other command assumes by default.
     where = f", images {args.compressed} on {args.image_topic}/compressed" if args.compressed else ""
+    if args.codec:
+        where = f", {args.codec} video (GOP {args.gop}) on {args.image_topic}/{args.codec}"
     print(
         f"synth: wrote {count} frames of {width}x{height} (seed {args.seed}, speed {args.speed:g}, {args.fps:g} fps, "
         f"{args.storage}{where}) to {args.out} in {seconds:.1f} s"

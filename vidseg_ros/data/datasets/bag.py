@@ -117,7 +117,7 @@ class BagDataset(VideoDataset):
         bag = Path(seq.name)
         for i, frame in self._frames(bag):
             labels = None if frame.labels is None else self._map(frame.labels, bag, i)
-            yield DatasetFrame(frame.stamp_ns, frame.frame_id, frame.image, labels, i)
+            yield DatasetFrame(frame.stamp_ns, frame.frame_id, frame.image, labels, i, frame.motion)
 
     def describe(self) -> str:
         return f"bag(s) {', '.join(str(b) for b in self.bags)}"

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from vidseg_ros.classes import ClassTable, LabelError
+from vidseg_ros.motion.codec import CodecFrame
 
 
 class DatasetError(ValueError):
@@ -57,13 +58,17 @@ class ClipRef:
 
 @dataclass
 class DatasetFrame:
-    """One frame of an online run: RGB image, train-id labels or None, and a synthetic stamp."""
+    """One frame of an online run: RGB image, train-id labels or None, and a synthetic stamp.
+
+    ``motion``: the decoded frame with its codec motion, for video input (see :class:`~vidseg_ros.motion.codec.CodecFrame`).
+    """
 
     stamp_ns: int
     frame_id: str
     image: np.ndarray
     labels: np.ndarray | None
     number: int
+    motion: CodecFrame | None = None
 
 
 class VideoDataset(abc.ABC):
