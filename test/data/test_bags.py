@@ -17,9 +17,9 @@ from vidseg_ros.data.bags import (
     read_frames,
     read_messages,
     typestore,
-    write_synth_bag,
 )
 from vidseg_ros.data.synth import SynthConfig, generate
+from vidseg_ros.data.synth_bag import write_synth_bag
 
 CFG = SynthConfig(seed=3, frames=6, width=96, height=72, fps=10.0)
 STAMPS = [SYNTH_EPOCH_NS + k * 100_000_000 for k in range(CFG.frames)]

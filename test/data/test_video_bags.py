@@ -10,8 +10,9 @@ from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
 from vidseg_ros.cli import main
-from vidseg_ros.data.bags import SYNTH_EPOCH_NS, BagError, BagWriter, bag_info, read_frames, write_synth_bag
+from vidseg_ros.data.bags import SYNTH_EPOCH_NS, BagError, BagWriter, bag_info, read_frames
 from vidseg_ros.data.synth import SynthConfig, generate
+from vidseg_ros.data.synth_bag import write_synth_bag
 from vidseg_ros.motion.codec import CELL, H264Encoder
 
 av = pytest.importorskip("av")

@@ -10,8 +10,8 @@ from pathlib import Path
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
-from vidseg_ros.data.bags import write_synth_bag
 from vidseg_ros.data.synth import SynthConfig
+from vidseg_ros.data.synth_bag import write_synth_bag
 
 
 def _independent_read(path: Path) -> dict[str, list[int]]:

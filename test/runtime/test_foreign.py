@@ -137,8 +137,8 @@ def test_the_card_preprocessing_reproduces_the_models_masks(tmp_path: Path, vari
 
 
 def test_grfp_over_a_foreign_model_trains_evaluates_and_checks_the_hash(tmp_path: Path, capsys) -> None:
-    from vidseg_ros.data.bags import write_synth_bag
     from vidseg_ros.data.synth import SynthConfig
+    from vidseg_ros.data.synth_bag import write_synth_bag
 
     bag = tmp_path / "bag"
     write_synth_bag(bag, SynthConfig(seed=3, frames=12, width=W, height=H), progress=False)
@@ -184,8 +184,8 @@ def test_grfp_over_a_foreign_model_trains_evaluates_and_checks_the_hash(tmp_path
 
 
 def test_data_must_carry_the_cards_classes_and_size(tmp_path: Path, capsys) -> None:
-    from vidseg_ros.data.bags import write_synth_bag
     from vidseg_ros.data.synth import SynthConfig
+    from vidseg_ros.data.synth_bag import write_synth_bag
 
     bag = tmp_path / "bag"
     write_synth_bag(bag, SynthConfig(seed=3, frames=4, width=W, height=H), progress=False)

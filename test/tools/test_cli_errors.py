@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from vidseg_ros.cli import main
-from vidseg_ros.data.bags import BagWriter, write_synth_bag
+from vidseg_ros.data.bags import BagWriter
 from vidseg_ros.data.synth import SynthConfig
+from vidseg_ros.data.synth_bag import write_synth_bag
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "seg.yaml"

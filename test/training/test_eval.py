@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from vidseg_ros.cli import main
-from vidseg_ros.data.bags import read_frames, write_synth_bag
+from vidseg_ros.data.bags import read_frames
 from vidseg_ros.data.synth import SynthConfig
+from vidseg_ros.data.synth_bag import write_synth_bag
 from vidseg_ros.metrics import confusion, mean_iou
 from vidseg_ros.runtime.checkpoint import load_checkpoint, save_checkpoint
 from vidseg_ros.runtime.segmenter import Segmenter

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from vidseg_ros.cli import main
-from vidseg_ros.data.bags import write_synth_bag
 from vidseg_ros.data.synth import SynthConfig
+from vidseg_ros.data.synth_bag import write_synth_bag
 from vidseg_ros.models.grfp import GRFPModel
 from vidseg_ros.models.netwarp import NetWarpModel
 from vidseg_ros.models.twnet import TWNetModel

@@ -131,8 +131,9 @@ def _check_checkpoint(path: str) -> None:
 
 def _load_input(args: argparse.Namespace, out: Path) -> DemoInput:
     """The bag to replay (generated when none is given), decoded, with its wire form and node remapping."""
-    from vidseg_ros.data.bags import BagError, bag_info, read_frames, write_synth_bag
+    from vidseg_ros.data.bags import BagError, bag_info, read_frames
     from vidseg_ros.data.synth import SynthConfig
+    from vidseg_ros.data.synth_bag import write_synth_bag
     from vidseg_ros.ros.replay import compressed_frames, node_input
 
     bag = args.bag or out / "demo_input"

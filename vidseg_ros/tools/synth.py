@@ -89,8 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Writes the bag; prints a one-line summary. Returns 0 on success, 2 on a bad request."""
-    from ..data.bags import BagError, write_synth_bag
+    from ..data.bags import BagError
     from ..data.synth import SynthConfig
+    from ..data.synth_bag import write_synth_bag
 
     width, height = args.size
     if args.seed < 0:

@@ -10,10 +10,11 @@ import yaml
 
 from vidseg_ros.classes import SYNTH_TABLE, ClassTable
 from vidseg_ros.cli import main
-from vidseg_ros.data.bags import SYNTH_EPOCH_NS, BagWriter, write_synth_bag
+from vidseg_ros.data.bags import SYNTH_EPOCH_NS, BagWriter
 from vidseg_ros.data.datasets import DatasetError
 from vidseg_ros.data.datasets.bag import BagDataset
 from vidseg_ros.data.synth import SynthConfig, generate
+from vidseg_ros.data.synth_bag import write_synth_bag
 from vidseg_ros.runtime.checkpoint import read_checkpoint
 
 TINY = [
