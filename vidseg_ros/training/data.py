@@ -38,13 +38,16 @@ class TrainingDataError(DatasetError):
 class FrameSequence:
     """One bag in memory: normalised images, label ids at the training size, and reverse flows.
 
-    ``flows[i]`` is the flow from frame ``i`` to frame ``i - 1`` (``flows[0]`` is zeros and never used).
+    ``flows[i]`` is the flow from frame ``i`` to frame ``i - 1`` (``flows[0]`` is zeros and never used): DIS,
+    or for video bags the codec's vectors. ``intra`` lists a video's I-frames, which have no vectors (zero
+    flow here): a clip may start at one but not carry one as a non-key frame, as in an online run.
     """
 
     name: str
     images: Tensor  # [N, 3, H, W] float32
     labels: Tensor  # [N, H, W] uint8, IGNORE_INDEX where unlabelled
     flows: Tensor | None  # [N, 2, h, w] float32
+    intra: tuple[int, ...] = ()
     #: TWNet stage 2: the frozen key CNN's warp-point features of each frame, and of each mirrored frame.
     key_features: Tensor | None = None
     key_features_flipped: Tensor | None = None
@@ -71,15 +74,20 @@ def load_sequence(
     images: list[Tensor] = []
     labels: list[np.ndarray] = []
     flows: list[Tensor] = []
+    intra: list[int] = []
     previous = None
-    for frame in dataset.iter_frames(seq):
+    for i, frame in enumerate(dataset.iter_frames(seq)):
         prepared = segmenter.prepare(frame.image)
         images.append(prepared.image[0].cpu())
         labels.append(resize_labels(frame.labels, segmenter.input_size))
+        if frame.motion is not None and frame.motion.intra:
+            intra.append(i)
         if with_flow:
-            if previous is None:
+            if previous is None or i in intra[-1:]:
                 h, w = segmenter.flow_size[1], segmenter.flow_size[0]
                 flows.append(torch.zeros(2, h, w))
+            elif frame.motion is not None:
+                flows.append(segmenter.codec_motion(frame.motion.flow)[0].cpu())
             else:
                 flows.append(segmenter.motion(prepared, previous)[0].cpu())
             previous = prepared
@@ -88,6 +96,7 @@ def load_sequence(
         images=torch.stack(images),
         labels=torch.from_numpy(np.stack(labels)),
         flows=torch.stack(flows) if with_flow else None,
+        intra=tuple(intra),
     )
 
 
@@ -161,6 +170,7 @@ class ClipSampler:
         min_distance, max_distance: Non-key frames per clip; each step draws one distance for the whole
             batch, uniformly in ``[min_distance, max_distance]`` (0 for single frames).
         flip: Mirror each clip left-right with probability 0.5.
+        barriers: Per sequence, frames that cannot be a clip's non-key frames (a video's I-frames).
     """
 
     def __init__(
@@ -174,6 +184,7 @@ class ClipSampler:
         flip: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        barriers: Sequence[Sequence[int]] | None = None,
     ) -> None:
         if batch < world_size or batch % world_size:
             raise ValueError(
@@ -192,12 +203,29 @@ class ClipSampler:
         self.flip = flip
         self.rank = rank
         self.world_size = world_size
+        self.barriers = [sorted(b) for b in barriers] if barriers is not None else [[] for _ in lengths]
+
+    def valid_starts(self, distance: int) -> list[np.ndarray]:
+        """Per sequence, the first frames of the clips of ``distance`` non-key frames that cross no barrier."""
+        out = []
+        for n, barrier in zip(self.lengths, self.barriers, strict=True):
+            starts = np.arange(max(0, n - distance))
+            if barrier and len(starts):
+                marks = np.zeros(n + 1, np.int64)
+                marks[np.asarray(barrier) + 1] = 1
+                seen = np.cumsum(marks)  # seen[k]: barriers among frames 0..k-1
+                starts = starts[seen[starts + distance + 1] == seen[starts + 1]]  # none in s+1..s+distance
+            out.append(starts)
+        return out
 
     def sample(self, step: int) -> tuple[int, list[Clip]]:
         """``(distance, this rank's clips)`` for ``step``."""
         rng = np.random.default_rng([self.seed, step])
         distance = int(rng.integers(self.min_distance, self.max_distance + 1))
-        starts = np.array([max(0, n - distance) for n in self.lengths])
+        valid = self.valid_starts(distance)
+        starts = np.array([len(v) for v in valid])
+        if not starts.sum():
+            raise TrainingDataError(f"no clip of {distance} non-key frames avoids the I-frames of the videos")
         bounds = np.cumsum(starts)
         picks = rng.integers(0, int(bounds[-1]), size=self.batch)
         flips = rng.random(self.batch) < 0.5
@@ -205,7 +233,7 @@ class ClipSampler:
         clips = []
         for i in range(self.rank * per_rank, (self.rank + 1) * per_rank):
             seq = int(np.searchsorted(bounds, picks[i], side="right"))
-            start = int(picks[i] - (bounds[seq - 1] if seq else 0))
+            start = int(valid[seq][picks[i] - (bounds[seq - 1] if seq else 0)])
             clips.append(Clip(seq=seq, start=start, flip=bool(self.flip and flips[i])))
         return distance, clips
 
@@ -268,6 +296,7 @@ class InMemoryClips:
             flip=flip,
             rank=rank,
             world_size=world_size,
+            barriers=[s.intra for s in self.sequences],
         )
 
     def frames(self) -> int:
