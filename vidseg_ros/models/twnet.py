@@ -38,9 +38,10 @@ separable design's non-key step took 2.7x the warp-only step (22 against 8.2 ms 
 
 No NKFC encoder stage runs: the spatial input comes from the pooled frame, not from the stride-2 stem, whose
 convolutions and layout conversions took about 3 ms of ORT's step. The attention multiplies the 16-channel
-bottleneck, which equals multiplying the residual because ``expand`` is linear. Measured in one interleaved
-ORT run at 640x480: 12.0-12.3 ms a step, against 8.0-8.1 for warp-only and 29.0-29.7 for the per-frame
-model. It trades accuracy for that: see the README's results (TWNet rows).
+bottleneck, which equals multiplying the residual because ``expand`` is linear. In two ``vidseg bench`` runs
+at 640x480 (one thread) its ORT non-key step took 12.6 and 12.8 ms, against 29.6 and 29.9 ms for the
+per-frame step; warp-only took 8.0-8.3 ms in an interleaved comparison. It trades accuracy for that: see the
+README's results (TWNet rows).
 
 Either CFR's output conv is zero-initialised, so an untrained correction equals the warp-only variant. The
 corrected features are the state (and are what the next non-key frame warps); the stage-2 L2 consistency loss

@@ -75,24 +75,22 @@ def vectors_to_flow(
     if vectors is None or len(vectors) == 0:
         return flow, covered
     past = vectors[vectors["source"] < 0]
-    scale = np.maximum(past["motion_scale"].astype(np.float32), 1.0)
-    dx = past["motion_x"].astype(np.float32) / scale / cell
-    dy = past["motion_y"].astype(np.float32) / scale / cell
-    bw, bh = past["w"].astype(np.int64), past["h"].astype(np.int64)
-    x0 = (past["dst_x"].astype(np.int64) - bw // 2) // cell
-    y0 = (past["dst_y"].astype(np.int64) - bh // 2) // cell
-    # One vectorised scatter per block size (a handful: 16x16, 16x8, 8x8, ...).
-    for size in np.unique(np.stack([bw, bh], 1), axis=0):
-        sel = (bw == size[0]) & (bh == size[1])
-        nx, ny = max(1, int(size[0]) // cell), max(1, int(size[1]) // cell)
-        oy, ox = np.mgrid[0:ny, 0:nx]
-        ys = (y0[sel][:, None] + oy.ravel()[None]).ravel()
-        xs = (x0[sel][:, None] + ox.ravel()[None]).ravel()
-        inside = (ys >= 0) & (ys < gh) & (xs >= 0) & (xs < gw)
-        reps = ny * nx
-        flow[0, ys[inside], xs[inside]] = np.repeat(dx[sel], reps)[inside]
-        flow[1, ys[inside], xs[inside]] = np.repeat(dy[sel], reps)[inside]
-        covered[ys[inside], xs[inside]] = True
+    bw, bh = past["w"].astype(np.int32), past["h"].astype(np.int32)
+    x0 = (past["dst_x"].astype(np.int32) - bw // 2) // cell
+    y0 = (past["dst_y"].astype(np.int32) - bh // 2) // cell
+    nx, ny = np.maximum(bw // cell, 1), np.maximum(bh // cell, 1)
+    scale = np.maximum(past["motion_scale"].astype(np.float32), 1.0) * cell
+    vec = np.stack([past["motion_x"] / scale, past["motion_y"] / scale]).astype(np.float32)  # [2, blocks]
+    # Every covered cell at once: block b covers nx[b] * ny[b] cells, enumerated row by row.
+    reps = nx * ny
+    block = np.repeat(np.arange(len(past), dtype=np.int32), reps)
+    k = np.arange(int(reps.sum()), dtype=np.int32) - np.repeat(np.cumsum(reps) - reps, reps)
+    oy, ox = np.divmod(k, nx[block])
+    ys, xs = y0[block] + oy, x0[block] + ox
+    inside = (ys >= 0) & (ys < gh) & (xs >= 0) & (xs < gw)
+    cells = ys[inside] * gw + xs[inside]
+    flow.reshape(2, -1)[:, cells] = vec[:, block[inside]]
+    covered.reshape(-1)[cells] = True
     return flow, covered
 
 
