@@ -129,8 +129,10 @@ PARAMS: tuple[ParamSpec, ...] = (
         "input.transport",
         "raw",
         "raw: sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage (JPEG, PNG) on "
-        "`image`/compressed, as image_transport names it.",
-        choices=("raw", "compressed"),
+        "`image`/compressed, as image_transport names it; h264: foxglove_msgs/CompressedVideo (one H.264 access "
+        "unit per message, no B-frames) on `image`/h264, keyed on its I-frames with the codec's motion vectors "
+        "as flow (needs foxglove_msgs and PyAV).",
+        choices=("raw", "compressed", "h264"),
         read_only=True,
     ),
     ParamSpec(

@@ -24,13 +24,22 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
+from std_msgs.msg import Header, String
 
 from vidseg_ros.config import SPECS, NodeConfig
 from vidseg_ros.imgcodec import ImageDecodeError
+from vidseg_ros.motion.codec import CodecError, CodecFrame
 from vidseg_ros.palette import blend, colorize, palette_lut
 from vidseg_ros.ros.convert import compressed_to_rgb, image_to_rgb, make_image
 from vidseg_ros.ros.params import declare_all, read_all
+from vidseg_ros.ros.video_input import (
+    VIDEO_SUFFIX,
+    VIDEO_TYPE,
+    VideoInput,
+    VideoInputError,
+    stamp_ns,
+    video_message_class,
+)
 from vidseg_ros.runtime.backends import BackendUnavailable, select_backend
 from vidseg_ros.runtime.checkpoint import CheckpointError, file_hash, load_checkpoint, resolve_checkpoint
 from vidseg_ros.runtime.segmenter import Segmenter, backend_request, cpu_threads
@@ -39,6 +48,10 @@ from vidseg_ros.runtime.steps import default_flow_hw
 from vidseg_ros.runtime.stream import Stream
 
 _LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN}
+
+
+def _stamp_ns(header: Header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
 class SegNode(LifecycleNode):
@@ -60,7 +73,10 @@ class SegNode(LifecycleNode):
         self._type_timer = None
         self._worker: threading.Thread | None = None
         self._cond = threading.Condition()
-        self._pending: tuple[Image | CompressedImage, float] | None = None
+        self._pending: tuple[Any, CodecFrame | None, float] | None = None
+        #: H.264 input: the message type and the decoder (input.transport h264 only).
+        self._video_type: type | None = None
+        self._video: VideoInput | None = None
         self._running = False
         self._warned: dict[str, float] = {}
 
@@ -91,6 +107,8 @@ class SegNode(LifecycleNode):
         threads = cpu_threads(cfg["model.threads"])
         torch.set_num_threads(threads)
         try:
+            if cfg["input.transport"] == "h264":
+                self._video_type, self._video = video_message_class(), VideoInput()
             path = resolve_checkpoint(cfg["model.checkpoint"])
             model, meta = load_checkpoint(path)
             w, h = cfg["model.width"] or meta.input_size[0], cfg["model.height"] or meta.input_size[1]
@@ -107,7 +125,7 @@ class SegNode(LifecycleNode):
                 prepare=((h, w), default_flow_hw((h, w), downscale)),
                 progress=self.get_logger().info,
             )
-        except (CheckpointError, BackendUnavailable, RuntimeError, ValueError) as e:
+        except (CheckpointError, BackendUnavailable, VideoInputError, RuntimeError, ValueError) as e:
             self.get_logger().error(f"cannot start: {e}")
             return TransitionCallbackReturn.FAILURE
         self.segmenter = Segmenter(model, meta, backend=backend, input_size=(w, h), flow_downscale=downscale)
@@ -212,13 +230,17 @@ class SegNode(LifecycleNode):
         base name first, as image_transport resolves it)."""
         if self.config["input.transport"] == "compressed":
             return CompressedImage, f"{self.resolve_topic_name('image')}/compressed"
+        if self._video_type is not None:
+            return self._video_type, f"{self.resolve_topic_name('image')}{VIDEO_SUFFIX}"
         return Image, "image"
 
     def _check_input_type(self) -> None:
         """Warns once (per problem) when the input topic's publishers carry another type, naming the fix."""
         kind, _ = self._input_topic()
         topic = self._sub.topic_name if self._sub is not None else ""
-        want = {Image: "sensor_msgs/msg/Image", CompressedImage: "sensor_msgs/msg/CompressedImage"}[kind]
+        want = {Image: "sensor_msgs/msg/Image", CompressedImage: "sensor_msgs/msg/CompressedImage"}.get(
+            kind, VIDEO_TYPE
+        )
         found = {info.topic_type for info in self.get_publishers_info_by_topic(topic)} - {want}
         for other in sorted(found):
             if other == "sensor_msgs/msg/CompressedImage":
@@ -242,16 +264,27 @@ class SegNode(LifecycleNode):
                            "transport:=compressed)", period_s=float("inf"))  # fmt: skip
 
     # ---------------------------------------------------------------- frames
-    def _on_image(self, msg: Image | CompressedImage) -> None:
+    def _on_image(self, msg: Any) -> None:
         now = time.monotonic()
-        self.stats.on_input(now, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+        video = self._video
+        self.stats.on_input(now, stamp_ns(msg) if video is not None else _stamp_ns(msg.header))
+        frame = None
+        if video is not None:  # every access unit is decoded, in order, even if it will not be segmented
+            try:
+                frame = video.decode(msg)
+            except CodecError as e:
+                self.stats.on_skip()
+                self._warn("decode", f"skipping video from '{msg.frame_id}': {e}")
+                return
         if not self.config["realtime"]:
-            self._process(msg, now)
+            self._process(msg, frame, now)
             return
         with self._cond:
             if self._pending is not None:
                 self.stats.on_drop(now)
-            self._pending = (msg, now)
+                if video is not None:
+                    video.dropped()
+            self._pending = (msg, frame, now)
             self._cond.notify()
 
     def _work(self) -> None:
@@ -261,9 +294,9 @@ class SegNode(LifecycleNode):
                     self._cond.wait(timeout=0.5)
                 if not self._running:
                     return
-                msg, received = self._pending
+                msg, frame, received = self._pending
                 self._pending = None
-            self._process(msg, received)
+            self._process(msg, frame, received)
 
     def _warn(self, kind: str, text: str, period_s: float = 2.0) -> None:
         """A warning rate-limited per kind, so one bad publisher cannot flood the log."""
@@ -273,23 +306,31 @@ class SegNode(LifecycleNode):
             self._warned[kind] = now
             self.get_logger().warning(text)
 
-    def _process(self, msg: Image | CompressedImage, received: float) -> None:
+    def _process(self, msg: Any, frame: CodecFrame | None, received: float) -> None:
+        """Segments one frame: an image message, or a video message with its decoded ``frame``."""
         stream, lut = self.stream, self._lut
         if stream is None or lut is None:
             return
         t0 = time.perf_counter()
-        compressed = isinstance(msg, CompressedImage)
-        try:
-            rgb = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
-        except ImageDecodeError as e:
-            self.stats.on_skip()
-            self._warn("decode", f"skipping image from '{msg.header.frame_id}': {e}")
-            return
-        t1 = time.perf_counter()
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        try:
+        if frame is not None:
+            rgb, encoding = frame.rgb, str(msg.format)
+            header = Header(stamp=msg.timestamp, frame_id=msg.frame_id)
+            if self._video is not None and self._video.take_gap():
+                stream.reset()  # frames went unsegmented: this frame's vectors point at one the model never saw
+        else:
+            header = msg.header
+            compressed = isinstance(msg, CompressedImage)
+            try:
+                rgb = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
+            except ImageDecodeError as e:
+                self.stats.on_skip()
+                self._warn("decode", f"skipping image from '{msg.header.frame_id}': {e}")
+                return
             encoding = msg.format if compressed else msg.encoding
-            result = stream.step(rgb, stamp_ns, encoding=encoding, frame_id=msg.header.frame_id)
+        t1 = time.perf_counter()
+        stamp = _stamp_ns(header)
+        try:
+            result = stream.step(rgb, stamp, encoding=encoding, frame_id=header.frame_id, motion=frame)
         except (RuntimeError, ValueError) as e:
             # A failure inside the model must not kill the node; the next frame starts from a key frame.
             stream.reset()
@@ -300,7 +341,7 @@ class SegNode(LifecycleNode):
             self.stats.on_reset()
             self._warn("reset", f"temporal state reset: {result.reset_reason}", period_s=0.0)
         t2 = time.perf_counter()
-        self._pubs["mask"].publish(make_image(msg.header, result.mask, "mono8"))
+        self._pubs["mask"].publish(make_image(header, result.mask, "mono8"))
         cfg = self.config
         color_pub, overlay_pub = self._pubs["color"], self._pubs["overlay"]
         want_color = cfg["publish.color"] and color_pub.get_subscription_count() > 0
@@ -308,21 +349,24 @@ class SegNode(LifecycleNode):
         if want_color or want_overlay:
             colours = colorize(result.mask, lut)  # once, shared by both topics
             if want_color:
-                color_pub.publish(make_image(msg.header, colours, "rgb8"))
+                color_pub.publish(make_image(header, colours, "rgb8"))
             if want_overlay:
                 blended = blend(rgb, colours, cfg["publish.overlay_alpha"])
-                overlay_pub.publish(make_image(msg.header, blended, "rgb8"))
+                overlay_pub.publish(make_image(header, blended, "rgb8"))
         t3 = time.perf_counter()
 
+        # Video: decode is the decoder's time (in the callback); the total counts it.
         stages = {"decode": (t1 - t0) * 1e3, **result.timings_ms, "publish": (t3 - t2) * 1e3}
-        stages["total"] = (t3 - t0) * 1e3
-        self._publish_timing(msg, stages, result.is_key, result.reset_reason)
-        latency_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
+        stages["total"] = (t3 - t0) * 1e3 + (frame.decode_ms if frame is not None else 0.0)
+        self._publish_timing(header, stages, result.is_key, result.reset_reason)
+        latency_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
         self.stats.on_output(time.monotonic(), latency_ms, (time.monotonic() - received) * 1e3, stages)
 
-    def _publish_timing(self, msg: Image, stages: dict[str, float], is_key: bool, reset: str | None) -> None:
+    def _publish_timing(
+        self, header: Header, stages: dict[str, float], is_key: bool, reset: str | None
+    ) -> None:
         arr = DiagnosticArray()
-        arr.header = msg.header
+        arr.header = header
         values = [KeyValue(key=f"{k}_ms", value=f"{v:.3f}") for k, v in stages.items()]
         values.append(KeyValue(key="key_frame", value=str(is_key).lower()))
         values.append(KeyValue(key="reset", value=reset or ""))
