@@ -67,6 +67,15 @@ def test_unknown_method_and_mismatched_weights(tiny_checkpoint, tmp_path):
         load_checkpoint(tmp_path / "short.pt")
 
 
+def test_twnet_checkpoints_from_before_the_cfr_option_load_as_separable(tiny_checkpoint, tmp_path):
+    payload = torch.load(tiny_checkpoint("twnet", cfr="separable"), weights_only=True)
+    assert payload["meta"]["arch"].pop("cfr") == "separable"
+    torch.save(payload, tmp_path / "old_twnet.pt")
+    model, _ = load_checkpoint(tmp_path / "old_twnet.pt")
+    assert model.cfr_kind == "separable"
+    assert load_checkpoint(tiny_checkpoint("twnet"))[0].cfr_kind == "bottleneck"  # what new models are
+
+
 def test_empty_path_means_the_shipped_default():
     assert resolve_checkpoint("") == packaged_checkpoint()
     assert resolve_checkpoint(None).name.startswith("netwarp_")

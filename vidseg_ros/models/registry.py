@@ -129,9 +129,8 @@ def _twnet(
     warp_layer: int = DEFAULT_WARP_LAYER,
     correction: bool = True,
     key_interval: int = DEFAULT_KEY_INTERVAL,
-    cfr: str = "separable",
+    cfr: str = "bottleneck",
 ) -> TWNetModel:
-    # cfr: checkpoints saved before the bottleneck CFR existed have no such key, and are separable.
     return TWNetModel(
         num_classes=num_classes,
         backbone=backbone,

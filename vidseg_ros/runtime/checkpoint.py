@@ -171,11 +171,15 @@ def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
     return read_checkpoint(path)[0]
 
 
+#: Options whose default changed, with the value that checkpoints saved before the option existed were built with.
+LEGACY_OPTIONS: dict[str, dict[str, Any]] = {"twnet": {"cfr": "separable"}}
+
+
 def build_from_meta(meta: ModelMeta) -> VideoSegModel:
     """An untrained model of the architecture ``meta`` describes."""
     from vidseg_ros.models.registry import build_model
 
-    arch = {k: v for k, v in meta.arch.items() if k != "method"}
+    arch = {**LEGACY_OPTIONS.get(meta.method, {}), **{k: v for k, v in meta.arch.items() if k != "method"}}
     try:
         return build_model(meta.method, **arch)
     except (KeyError, ValueError, TypeError) as e:
