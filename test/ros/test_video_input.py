@@ -42,7 +42,8 @@ def test_bad_units_and_dropped_frames_make_the_next_frame_a_key_frame():
     msgs = _messages(6)
     video = VideoInput()
     video.decode(msgs[0])
-    broken = SimpleNamespace(**{**vars(msgs[1]), "data": b"\x00\x00\x00\x01" + b"\xff" * 16})  # no frame in it
+    garbage = b"\x00\x00\x00\x01" + b"\xff" * 16  # a start code and no frame
+    broken = SimpleNamespace(**{**vars(msgs[1]), "data": garbage})
     with pytest.raises(CodecError) as err:
         video.decode(broken)
     assert len(str(err.value).splitlines()) == 1
