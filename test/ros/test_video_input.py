@@ -11,7 +11,8 @@ import pytest
 from harness import NodeProcess
 
 from vidseg_ros.motion.codec import CodecError, H264Encoder
-from vidseg_ros.ros.video_input import VideoInput, VideoInputError, stamp_ns, video_message_class
+from vidseg_ros.ros.convert import time_to_ns
+from vidseg_ros.ros.video_input import VideoInput, VideoInputError, video_message_class
 
 pytest.importorskip("av")
 HAVE_FOXGLOVE = importlib.util.find_spec("foxglove_msgs") is not None
@@ -35,7 +36,7 @@ def test_every_unit_decodes_in_order_with_its_i_frames():
     frames = [video.decode(m) for m in _messages(9)]
     assert [f.intra for f in frames] == [i % 4 == 0 for i in range(9)]
     assert all(f.rgb.shape == (48, 64, 3) for f in frames) and not video.take_gap()
-    assert stamp_ns(_messages(1)[0]) == 100 * 10**9 + 5
+    assert time_to_ns(_messages(1)[0].timestamp) == 100 * 10**9 + 5
 
 
 def test_bad_units_and_dropped_frames_make_the_next_frame_a_key_frame():

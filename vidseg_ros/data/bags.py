@@ -356,15 +356,9 @@ class _VideoTopic:
         try:
             if self.decoder is None:
                 self.decoder = PacketDecoder(fmt)
-            frames = self.decoder.decode(bytes(msg.data))
+            return self.decoder.decode_one(bytes(msg.data))
         except CodecError as e:
             raise BagError(f"undecodable video on {self.topic} at {stamp} ns: {e}") from e
-        if len(frames) != 1:
-            raise BagError(
-                f"video message on {self.topic} at {stamp} ns decoded to {len(frames)} frames; expected one "
-                "access unit per message and no B-frames"
-            )
-        return frames[0]
 
 
 def _decode(msg: Any, topic: str, mono: bool) -> np.ndarray:

@@ -183,6 +183,20 @@ class PacketDecoder:
             ) from e
         return [_codec_frame(f, started) for f in frames]
 
+    def decode_one(self, data: bytes) -> CodecFrame:
+        """The frame of one access unit, as robots record H.264 (one unit per message, no B-frames).
+
+        Raises:
+            CodecError: The unit does not decode, or decodes to no frame or to several.
+        """
+        frames = self.decode(data)
+        if len(frames) != 1:
+            raise CodecError(
+                f"an access unit decoded to {len(frames)} frames; expected one access unit per message and no "
+                "B-frames"
+            )
+        return frames[0]
+
 
 def read_video(path: str | Path) -> Iterator[CodecFrame]:
     """The frames of a video file (H.264, MPEG-4 Part 2, ...), decoded with their motion vectors."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from vidseg_ros.ros.convert import time_to_ns
 from vidseg_ros.ros.replay import seg_node_executable, stop_process
 from vidseg_ros.tools.bench_measure import Loaded, p50, synthetic_frames
 
@@ -132,14 +133,10 @@ class NodeChild:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         stack.callback(self._stop)
 
-    @staticmethod
-    def _stamp(header: Any) -> int:
-        return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-
     def _on_mask(self, msg: Any) -> None:
         now = time.perf_counter()
         with self.cond:
-            stamp = self._stamp(msg.header)
+            stamp = time_to_ns(msg.header.stamp)
             self.received[stamp] = now
             if self.keep_masks:
                 rows = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)
@@ -148,7 +145,7 @@ class NodeChild:
 
     def _on_timing(self, msg: Any) -> None:
         values = {kv.key[:-3]: float(kv.value) for kv in msg.status[0].values if kv.key.endswith("_ms")}
-        self.timings[self._stamp(msg.header)] = values
+        self.timings[time_to_ns(msg.header.stamp)] = values
 
     def _stop(self) -> None:
         stop_process(self.proc)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from vidseg_ros.imgcodec import decode_compressed, decode_image, encode_image
+
+
+def time_to_ns(stamp: Any) -> int:
+    """A ``builtin_interfaces/Time`` (a header's stamp, a CompressedVideo's timestamp) in nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def image_to_rgb(msg: Image) -> np.ndarray:

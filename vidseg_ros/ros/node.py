@@ -30,14 +30,13 @@ from vidseg_ros.config import SPECS, NodeConfig
 from vidseg_ros.imgcodec import ImageDecodeError
 from vidseg_ros.motion.codec import CodecError, CodecFrame
 from vidseg_ros.palette import blend, colorize, palette_lut
-from vidseg_ros.ros.convert import compressed_to_rgb, image_to_rgb, make_image
+from vidseg_ros.ros.convert import compressed_to_rgb, image_to_rgb, make_image, time_to_ns
 from vidseg_ros.ros.params import declare_all, read_all
 from vidseg_ros.ros.video_input import (
     VIDEO_SUFFIX,
     VIDEO_TYPE,
     VideoInput,
     VideoInputError,
-    stamp_ns,
     video_message_class,
 )
 from vidseg_ros.runtime.backends import BackendUnavailable, select_backend
@@ -48,10 +47,6 @@ from vidseg_ros.runtime.steps import default_flow_hw
 from vidseg_ros.runtime.stream import Stream
 
 _LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN}
-
-
-def _stamp_ns(header: Header) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
 class SegNode(LifecycleNode):
@@ -267,7 +262,7 @@ class SegNode(LifecycleNode):
     def _on_image(self, msg: Any) -> None:
         now = time.monotonic()
         video = self._video
-        self.stats.on_input(now, stamp_ns(msg) if video is not None else _stamp_ns(msg.header))
+        self.stats.on_input(now, time_to_ns(msg.timestamp if video is not None else msg.header.stamp))
         frame = None
         if video is not None:  # every access unit is decoded, in order, even if it will not be segmented
             try:
@@ -328,7 +323,7 @@ class SegNode(LifecycleNode):
                 return
             encoding = msg.format if compressed else msg.encoding
         t1 = time.perf_counter()
-        stamp = _stamp_ns(header)
+        stamp = time_to_ns(header.stamp)
         try:
             result = stream.step(rgb, stamp, encoding=encoding, frame_id=header.frame_id, motion=frame)
         except (RuntimeError, ValueError) as e:

@@ -43,11 +43,6 @@ def video_message_class() -> type:
     return CompressedVideo
 
 
-def stamp_ns(msg: Any) -> int:
-    """A CompressedVideo's ``timestamp`` in nanoseconds."""
-    return int(msg.timestamp.sec) * 1_000_000_000 + int(msg.timestamp.nanosec)
-
-
 class VideoInput:
     """Decodes one CompressedVideo stream in arrival order and tracks frames the model did not see."""
 
@@ -70,16 +65,10 @@ class VideoInput:
         if self._decoder is None or fmt != self._format:
             self._decoder, self._format = PacketDecoder(fmt), fmt
         try:
-            frames = self._decoder.decode(bytes(msg.data))
+            return self._decoder.decode_one(bytes(msg.data))
         except CodecError:
             self._gap = True
             raise
-        if len(frames) != 1:
-            self._gap = True
-            raise CodecError(
-                f"a message decoded to {len(frames)} frames; expected one access unit per message and no B-frames"
-            )
-        return frames[0]
 
     def dropped(self) -> None:
         """A decoded frame will not be segmented (the worker was busy)."""

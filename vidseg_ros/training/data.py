@@ -80,10 +80,11 @@ def load_sequence(
         prepared = segmenter.prepare(frame.image)
         images.append(prepared.image[0].cpu())
         labels.append(resize_labels(frame.labels, segmenter.input_size))
-        if frame.motion is not None and frame.motion.intra:
+        is_intra = frame.motion is not None and frame.motion.intra
+        if is_intra:
             intra.append(i)
         if with_flow:
-            if previous is None or i in intra[-1:]:
+            if previous is None or is_intra:
                 h, w = segmenter.flow_size[1], segmenter.flow_size[0]
                 flows.append(torch.zeros(2, h, w))
             elif frame.motion is not None:

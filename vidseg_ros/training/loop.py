@@ -158,7 +158,7 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
     lo, hi = cfg.distances
     show = cfg.progress and env.is_main
     source: InMemoryClips | StreamingClips
-    if getattr(dataset, "video", False) and not cfg.in_memory:
+    if dataset.video and not cfg.in_memory:
         raise ValueError("video bags (codec motion) train in memory only: drop --augment full")
     if cfg.in_memory:
         # The node's preprocessing, on the CPU, once: frames and flows are then reused for every step.

@@ -53,8 +53,6 @@ class BagDataset(VideoDataset):
         self.image_topic = image_topic
         self.label_topic = label_topic
         self._cache: dict[str, tuple[list[np.ndarray], dict[int, np.ndarray]]] = {}
-        #: The image topic is video (CompressedVideo): frames carry codec motion.
-        self.video = False
         self.sequences = [self._scan(b) for b in self.bags]
         #: Bags rendered by ``vidseg synth`` (their metadata says so).
         self.synthetic = all(SYNTHETIC_KEY in custom_data(b) for b in self.bags)

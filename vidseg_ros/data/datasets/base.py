@@ -84,6 +84,8 @@ class VideoDataset(abc.ABC):
     splits: ClassVar[tuple[str, ...] | None] = None
     #: Rendered rather than recorded (checkpoints trained only on such data say so in the node's log).
     synthetic: bool = False
+    #: Frames come from a video decoder with codec motion (``DatasetFrame.motion``).
+    video: bool = False
 
     classes: ClassTable
     sequences: list[VideoSequence]

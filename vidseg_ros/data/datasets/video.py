@@ -29,6 +29,7 @@ class VideoFileDataset(VideoDataset):
     """
 
     format = "video"
+    video = True
 
     def __init__(self, paths: Sequence[str | Path], classes: ClassTable) -> None:
         if not paths:
