@@ -9,7 +9,18 @@ from vidseg_ros.models.base import VideoSegModel
 from vidseg_ros.models.registry import build_model
 
 #: Model names: methods, plus ``twnet_separable`` (TWNet with the separable CFR; ``twnet`` is the bottleneck).
-METHODS = ("perframe", "netwarp", "twnet", "twnet_separable", "grfp")
+METHODS = ("perframe", "netwarp", "twnet", "twnet_separable", "grfp", "tdnet")
+#: The step functions each exports: per-frame one, motion methods key and non-key, TDNet one per sub-network.
+STEPS = {"perframe": ["key"], "tdnet": ["key", "nonkey0", "nonkey1", "nonkey2", "nonkey3"]}
+
+
+def expected_steps(name: str) -> list[str]:
+    return STEPS.get(name, ["key", "nonkey"])
+
+
+def nonkey_step_name(name: str, t: int) -> str:
+    """The step frame ``t`` after a key frame runs (TDNet: sub-network ``t mod 4``)."""
+    return f"nonkey{t % 4}" if name == "tdnet" else "nonkey"
 VARIANTS = {"twnet": ("twnet", {"cfr": "bottleneck"}), "twnet_separable": ("twnet", {"cfr": "separable"})}
 TINY = {"backbone": "mobilenetv2", "width_mult": 0.25, "decoder_channels": 16}
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from runtime_models import METHODS, tiny_model
+from runtime_models import METHODS, expected_steps, nonkey_step_name, tiny_model
 
 from vidseg_ros.cli import main as vidseg
 from vidseg_ros.models.twnet import POOLED_IMAGE
@@ -30,7 +30,7 @@ SIZES = ((64, 96), (72, 104))
 def test_torch_export_every_step(method: str, image_hw: tuple[int, int]) -> None:
     model = tiny_model(method)
     specs = step_specs(model, image_hw)
-    assert [s.name for s in specs] == (["key"] if method == "perframe" else ["key", "nonkey"])
+    assert [s.name for s in specs] == expected_steps(method)
     fresh = step_specs(model, image_hw, seed=7)
     for spec, other in zip(specs, fresh, strict=True):
         with torch.no_grad():
@@ -94,8 +94,9 @@ def test_onnx_matches_torch_over_five_frames(
     manifest, sessions = _sessions(out)
     assert manifest["opset"] >= 17 and manifest["input_size"] == [w, h]
     assert manifest["steps"]["key"]["inputs"][0]["shape"] == [1, 3, h, w]
-    assert set(manifest["steps"]) == ({"key"} if method == "perframe" else {"key", "nonkey"})
-    if method != "perframe":
+    assert list(manifest["steps"]) == expected_steps(method)
+    assert (manifest["card"] is not None) == (method == "perframe")  # only a per-frame model is a foreign one
+    if "nonkey" in manifest["steps"]:
         graph = onnx.load(str(out / manifest["steps"]["nonkey"]["file"])).graph
         nodes = {n.op_type for n in graph.node}
         assert "GridSample" in nodes
@@ -117,8 +118,9 @@ def test_onnx_matches_torch_over_five_frames(
                 feeds = {"image": image.numpy(), "prev_image": frames[t - 1].numpy(), "flow": flow.numpy()}
                 # ORT gets its own state from the previous frame, never PyTorch's: errors would compound.
                 feeds.update({f"state_{k}": s for k, s in zip(keys, ort_state, strict=True)})
-                wanted = {i.name for i in sessions["nonkey"].get_inputs()}
-                got = sessions["nonkey"].run(None, {k: v for k, v in feeds.items() if k in wanted})
+                session = sessions[nonkey_step_name(method, t)]
+                wanted = {i.name for i in session.get_inputs()}
+                got = session.run(None, {k: v for k, v in feeds.items() if k in wanted})
         _close(got[0], logits, f"frame {t} logits")
         assert sorted(torch_state) == keys
         for k, state_out in zip(keys, got[1:], strict=True):
@@ -126,10 +128,10 @@ def test_onnx_matches_torch_over_five_frames(
         ort_state = list(got[1:])
     if method != "perframe":
         # The state really carries history: it differs from what a key frame on the last image gives (except
-        # the copy of the last frame that TWNet's bottleneck CFR keeps).
+        # the copy of the last frame that TWNet's bottleneck CFR keeps, and TDNet's next path, 1 both times).
         with torch.no_grad():
             _, fresh = model.key_step(frames[-1])
-        carried = [k for k in keys if k != POOLED_IMAGE]
+        carried = [k for k in keys if k not in (POOLED_IMAGE, "phase")]
         assert carried and all(not torch.allclose(fresh[k], torch_state[k], atol=1e-3) for k in carried)
 
 

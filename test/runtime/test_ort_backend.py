@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from runtime_models import METHODS, tiny_model
+from runtime_models import METHODS, expected_steps, tiny_model
 
 from vidseg_ros.config import SPECS
 from vidseg_ros.runtime import backends, ort_backend
@@ -58,7 +58,7 @@ def _check_chain(backend: Backend, model, frames: int = 5) -> None:
     state = ref_state = None
     for t, image in enumerate(images):
         with torch.no_grad():
-            if t == 0 or not model.uses_motion:
+            if t == 0 or model.method == "perframe":
                 logits, state = backend.key_step(image)
                 ref_logits, ref_state = model.key_step(image)
             else:
@@ -86,7 +86,7 @@ def test_every_step_matches_torch_over_a_recurrent_chain(
     assert isinstance(backend, Backend) and backend.name == "onnxruntime" and backend.device.type == "cpu"
     assert backend.output == ("labels" if labels else "logits")
     backend.prepare(HW, FLOW_HW)
-    assert exports == (["key"] if method == "perframe" else ["key", "nonkey"])
+    assert exports == expected_steps(method)
     _check_chain(backend, model)
     assert len(exports) == len(backend.results)  # the chain ran on the prepared sessions
 

@@ -24,10 +24,10 @@ State = dict[str, Tensor]
 
 
 class VideoSegModel(nn.Module):
-    """Base class of ``perframe``, ``netwarp`` and ``twnet``.
+    """Base class of every method.
 
     ``key_interval`` is the default key-frame policy: 1 runs ``key_step`` on every frame (per-frame model),
-    0 runs it only on the first frame after a reset (NetWarp), N > 1 on every N-th frame (TWNet).
+    0 runs it only on the first frame after a reset (NetWarp, GRFP, TDNet), N > 1 on every N-th frame (TWNet).
     """
 
     method: ClassVar[str] = ""
@@ -36,6 +36,8 @@ class VideoSegModel(nn.Module):
     #: they train at a higher learning rate (``FRESH_LR_MULT`` in :mod:`vidseg_ros.training.loop`).
     fresh_modules: ClassVar[tuple[str, ...]] = ()
     key_interval: int = 1
+    #: Non-key step functions that take turns (TDNet's sub-networks, chosen by the state); 1 for the others.
+    phases: int = 1
 
     #: Submodules frozen by :meth:`freeze`: no gradients, and eval mode whatever ``train()`` is asked.
     _frozen: tuple[str, ...] = ()
@@ -63,6 +65,16 @@ class VideoSegModel(nn.Module):
     ) -> tuple[Tensor, State]:
         """Computation that reuses ``state`` of frame t-1 warped by ``flow``; returns logits and new state."""
         raise NotImplementedError
+
+    def phase_of(self, state: State) -> int:
+        """Which of the :attr:`phases` non-key steps the next frame takes after ``state``."""
+        return 0
+
+    def phase_step(
+        self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State, phase: int
+    ) -> tuple[Tensor, State]:
+        """The non-key step of one phase; exporters trace each phase as its own graph."""
+        return self.nonkey_step(image, prev_image, flow, state)
 
     def forward(self, image: Tensor) -> Tensor:
         """Single-image logits (the image model); used for training stage 1 and as a reference."""

@@ -9,11 +9,12 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from vidseg_ros.models.backbones import BACKBONES
+from vidseg_ros.models.backbones import BACKBONES, WIDTH_BACKBONES
 from vidseg_ros.models.base import VideoSegModel
 from vidseg_ros.models.grfp import DEFAULT_KERNEL, GRFPModel
 from vidseg_ros.models.netwarp import DEFAULT_LAYERS, NetWarpModel
 from vidseg_ros.models.perframe import DECODER_CHANNELS, PerFrameModel
+from vidseg_ros.models.tdnet import DEFAULT_KEY_CHANNELS, DEFAULT_PATHS, TDNetModel
 from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL, DEFAULT_WARP_LAYER, TWNetModel
 
 Builder = Callable[..., VideoSegModel]
@@ -51,7 +52,7 @@ def _check_common(backbone: str, num_classes: int, width_mult: float, decoder_ch
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if isinstance(width_mult, bool) or not isinstance(width_mult, int | float) or not width_mult > 0:
         raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
-    if backbone != "mobilenetv2" and width_mult != 1.0:
+    if backbone not in WIDTH_BACKBONES and width_mult != 1.0:
         raise ValueError(f"width_mult applies to mobilenetv2 only; {backbone} needs 1.0, got {width_mult}")
     if isinstance(decoder_channels, bool) or not isinstance(decoder_channels, int) or decoder_channels < 8:
         raise ValueError(f"decoder_channels must be an int >= 8, got {decoder_channels!r}")
@@ -63,12 +64,14 @@ def build_model(
     """Builds an untrained model.
 
     Args:
-        method: A name from :func:`available_models` (``perframe``, ``netwarp``, ``twnet``, ``grfp``).
+        method: A name from :func:`available_models` (``perframe``, ``netwarp``, ``twnet``, ``grfp``,
+            ``tdnet``).
         backbone: ``mobilenetv2`` or ``resnet18``.
         num_classes: Output classes.
         width_mult: MobileNetV2 width multiplier; must stay 1.0 for resnet18.
         **options: Method options: ``decoder_channels`` (all); ``layers`` (netwarp);
-            ``warp_layer``, ``correction``, ``key_interval``, ``cfr`` (twnet); ``kernel`` (grfp).
+            ``warp_layer``, ``correction``, ``key_interval``, ``cfr`` (twnet); ``kernel`` (grfp);
+            ``paths``, ``key_channels`` (tdnet).
 
     Raises:
         ValueError: Unknown method, backbone or option, or an invalid or incompatible value.
@@ -158,6 +161,27 @@ def _grfp(
         width_mult=width_mult,
         decoder_channels=decoder_channels,
         kernel=kernel,
+    )
+
+
+@register_model("tdnet")
+def _tdnet(
+    *,
+    backbone: str,
+    num_classes: int,
+    width_mult: float,
+    decoder_channels: int = DECODER_CHANNELS,
+    paths: int = DEFAULT_PATHS,
+    key_channels: int = DEFAULT_KEY_CHANNELS,
+) -> TDNetModel:
+    """TDNet: ``backbone``, ``width_mult`` and ``decoder_channels`` are each sub-network's."""
+    return TDNetModel(
+        num_classes=num_classes,
+        backbone=backbone,
+        width_mult=width_mult,
+        decoder_channels=decoder_channels,
+        paths=paths,
+        key_channels=key_channels,
     )
 
 

@@ -45,6 +45,10 @@ from vidseg_ros.runtime.steps import (
     StepSpec,
     default_flow_hw,
     model_fingerprint,
+    nonkey_inputs,
+    nonkey_name,
+    phase_of_name,
+    step_names,
     step_specs,
 )
 
@@ -169,7 +173,11 @@ class CudaBackend(EagerBackend):
         keys = self._state_keys or ()
         module = self._modules.get((step, keys))
         if module is None:
-            module = FlatKeyStep(self.model, keys) if step == "key" else FlatNonKeyStep(self.model, keys)
+            module = (
+                FlatKeyStep(self.model, keys)
+                if step == "key"
+                else FlatNonKeyStep(self.model, keys, phase_of_name(step))
+            )
             self._modules[(step, keys)] = module
         signature = (step, keys, tuple((tuple(t.shape), t.dtype) for t in inputs))
         if signature not in self._graphs:
@@ -194,17 +202,18 @@ class CudaBackend(EagerBackend):
         self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
     ) -> tuple[Tensor, State]:
         self._state_keys = tuple(sorted(state))
-        return self._run("nonkey", (image, prev_image, flow, *(state[k] for k in self._state_keys)))
+        name = nonkey_name(self.model, self.model.phase_of(state))
+        return self._run(name, nonkey_inputs(self.model, image, prev_image, flow, state))
 
     def prepare(self, image_hw: tuple[int, int], flow_hw: tuple[int, int] | None = None) -> None:
         image = torch.randn(1, 3, *image_hw, device=self.device)
         self.key_step(image)
         # The first call learns the state layout, the second captures; the state then has the dtype autocast
-        # gives it, so the non-key graph is captured for exactly what later frames pass in.
+        # gives it, so the non-key graphs are captured for exactly what later frames pass in.
         _, state = self.key_step(image)
-        if self.model.uses_motion:
-            flow = torch.zeros(1, 2, *(flow_hw or default_flow_hw(image_hw)), device=self.device)
-            self.nonkey_step(image, image, flow, state)
+        flow = torch.zeros(1, 2, *(flow_hw or default_flow_hw(image_hw)), device=self.device)
+        for _ in step_names(self.model)[1:]:  # each phase in turn
+            _, state = self.nonkey_step(image, image, flow, state)
 
 
 # ------------------------------------------------------------------------------------------------ tensorrt
@@ -361,9 +370,9 @@ class TensorRTBackend:
     def nonkey_step(
         self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
     ) -> tuple[Tensor, State]:
-        keys = tuple(sorted(state))
-        flow_hw = (int(flow.shape[-2]), int(flow.shape[-1]))
-        return self._run("nonkey", (image, prev_image, flow, *(state[k] for k in keys)), flow_hw)
+        flow_hw = (int(flow.shape[-2]), int(flow.shape[-1])) if flow is not None else None
+        name = nonkey_name(self.model, self.model.phase_of(state))
+        return self._run(name, nonkey_inputs(self.model, image, prev_image, flow, state), flow_hw)
 
 
 BACKENDS: dict[str, type] = {

@@ -47,7 +47,7 @@ from vidseg_ros.runtime.engine_cache import (
     slot_name,
 )
 from vidseg_ros.runtime.onnx_export import export_onnx
-from vidseg_ros.runtime.steps import StepSpec, model_fingerprint, step_specs
+from vidseg_ros.runtime.steps import StepSpec, model_fingerprint, nonkey_name, step_specs
 
 log = logging.getLogger(__name__)
 
@@ -446,13 +446,13 @@ class OrtBackend:
         self.results.append(result)
         log.info("onnxruntime %s step: %s %s", spec.name, result.status, result.path)
         image_hw = tuple(spec.input_shapes[0][-2:])
-        self._steps[(spec.name, image_hw, flow_hw if spec.name == "nonkey" else None)] = result.value
+        self._steps[(spec.name, image_hw, flow_hw if "flow" in spec.input_names else None)] = result.value
         return result
 
     def prepare(self, image_hw: tuple[int, int], flow_hw: tuple[int, int] | None = None) -> None:
         with torch.inference_mode(False):
             for spec in step_specs(self.model, image_hw, flow_hw):
-                fhw = tuple(spec.example_inputs[2].shape[-2:]) if spec.name == "nonkey" else None
+                fhw = tuple(spec.example_inputs[2].shape[-2:]) if "flow" in spec.input_names else None
                 if (spec.name, tuple(image_hw), fhw) not in self._steps:
                     self.load_or_build(spec, fhw)
 
@@ -475,7 +475,8 @@ class OrtBackend:
     def nonkey_step(
         self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
     ) -> tuple[Tensor, State]:
-        step = self._step("nonkey", image, flow)
+        motion = flow if self.model.uses_motion else None  # TDNet's steps take no motion
+        step = self._step(nonkey_name(self.model, self.model.phase_of(state)), image, motion)
         if set(state) != set(step.state_keys):
             raise ValueError(
                 f"state has keys {sorted(state)}, the non-key step wants {list(step.state_keys)}"

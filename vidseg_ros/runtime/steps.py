@@ -29,13 +29,39 @@ class FlatKeyStep(nn.Module):
 
 
 class FlatNonKeyStep(FlatKeyStep):
-    """``nonkey_step`` with flat inputs ``(image, prev_image, flow, *state)`` and outputs ``(logits, *state)``."""
+    """One phase of ``nonkey_step``, flat: inputs ``(image, prev_image, flow, *state)`` for models that use
+    motion, ``(image, *state)`` for those that do not (TDNet); outputs ``(logits, *state)``."""
 
-    def forward(self, image: Tensor, prev_image: Tensor, flow: Tensor, *state: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
-        logits, new_state = self.model.nonkey_step(
-            image, prev_image, flow, dict(zip(self.state_keys, state, strict=True))
+    def __init__(self, model: VideoSegModel, state_keys: tuple[str, ...], phase: int = 0) -> None:
+        super().__init__(model, state_keys)
+        self.phase = int(phase)
+
+    def forward(self, image: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        prev_image, flow, state = (
+            (rest[0], rest[1], rest[2:]) if self.model.uses_motion else (None, None, rest)
+        )
+        logits, new_state = self.model.phase_step(
+            image, prev_image, flow, dict(zip(self.state_keys, state, strict=True)), self.phase
         )
         return (logits, *(new_state[k] for k in self.state_keys))
+
+
+def nonkey_name(model: VideoSegModel, phase: int = 0) -> str:
+    """The step name of a non-key phase: ``nonkey``, or ``nonkey0`` .. for models whose steps take turns."""
+    return "nonkey" if model.phases == 1 else f"nonkey{phase}"
+
+
+def phase_of_name(name: str) -> int:
+    """The phase of a non-key step name (:func:`nonkey_name`)."""
+    return int(name.removeprefix("nonkey") or 0)
+
+
+def nonkey_inputs(
+    model: VideoSegModel, image: Tensor, prev_image: Tensor | None, flow: Tensor | None, state: dict
+) -> tuple[Tensor, ...]:
+    """The flat inputs of a non-key step (:class:`FlatNonKeyStep`), state in sorted key order."""
+    motion = (prev_image, flow) if model.uses_motion else ()
+    return (image, *motion, *(state[k] for k in sorted(state)))  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -55,8 +81,11 @@ class StepSpec:
 
 
 def step_names(model: VideoSegModel) -> tuple[str, ...]:
-    """``("key",)`` for models without motion (per-frame), else ``("key", "nonkey")``."""
-    return ("key", "nonkey") if model.uses_motion else ("key",)
+    """``("key",)`` for per-frame models, ``("key", "nonkey")`` for models that use motion, and
+    ``("key", "nonkey0", ...)`` for models whose non-key steps take turns."""
+    if not model.uses_motion and model.phases == 1:
+        return ("key",)
+    return ("key", *(nonkey_name(model, p) for p in range(model.phases)))
 
 
 def default_flow_hw(image_hw: tuple[int, int], flow_downscale: int = 2) -> tuple[int, int]:
@@ -90,26 +119,29 @@ def step_specs(
     state_in = tuple(f"state_{k}" for k in keys)
     state_out = tuple(f"next_state_{k}" for k in keys)
     specs = []
-    for name in steps or step_names(model):
+    all_names = step_names(model)
+    for name in steps or all_names:
         if name == "key":
             specs.append(
                 StepSpec(
                     "key", FlatKeyStep(model, keys).eval(), ("image",), ("logits", *state_out), (image,), keys
                 )
             )
-        elif name == "nonkey":
+        elif name in all_names:
+            motion = ("prev_image", "flow") if model.uses_motion else ()
+            motion_in = (prev, flow) if model.uses_motion else ()
             specs.append(
                 StepSpec(
-                    "nonkey",
-                    FlatNonKeyStep(model, keys).eval(),
-                    ("image", "prev_image", "flow", *state_in),
+                    name,
+                    FlatNonKeyStep(model, keys, phase_of_name(name)).eval(),
+                    ("image", *motion, *state_in),
                     ("logits", *state_out),
-                    (image, prev, flow, *(state[k] for k in keys)),
+                    (image, *motion_in, *(state[k] for k in keys)),
                     keys,
                 )
             )
         else:
-            raise ValueError(f"unknown step {name!r}; expected key or nonkey")
+            raise ValueError(f"unknown step {name!r}; expected one of {', '.join(all_names)}")
     return specs
 
 

@@ -79,8 +79,8 @@ class Stream:
         h = self._history
         if h is None:
             return True
-        if motion is not None:  # codec motion: the I-frames are the key frames (they carry no vectors)
-            return motion.intra or not self.segmenter.uses_motion
+        if motion is not None and self.segmenter.uses_motion:  # codec motion: the I-frames are the key frames
+            return motion.intra
         interval = self.segmenter.key_interval
         if interval == 1:
             return True

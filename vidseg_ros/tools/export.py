@@ -91,10 +91,12 @@ def verify_step(session: Any, spec: Any) -> dict[str, float]:
 
 
 def verify_chain(sessions: dict[str, Any], specs: dict[str, Any], frames: int = CHAIN_FRAMES) -> list[float]:
-    """Key frame then non-key frames, each runtime carrying its *own* state; worst error per frame."""
+    """Key frame then non-key frames (phases in turn), each runtime carrying its *own* state; worst error per
+    frame."""
     import torch
 
-    key, nonkey = specs["key"], specs.get("nonkey")
+    key = specs["key"]
+    nonkey = [name for name in specs if name != "key"]  # in phase order
     image0 = key.example_inputs[0]
     g = torch.Generator().manual_seed(1)
     images = [torch.randn(image0.shape, generator=g) for _ in range(frames)]
@@ -102,13 +104,16 @@ def verify_chain(sessions: dict[str, Any], specs: dict[str, Any], frames: int = 
     torch_state: tuple = ()
     ort_state: tuple = ()
     for t, image in enumerate(images):
-        if t == 0 or nonkey is None:
+        if t == 0 or not nonkey:
             names, torch_in, ort_in = key.input_names, (image,), (image,)
             module, session = key.module, sessions["key"]
         else:
-            flow = torch.randn(nonkey.example_inputs[2].shape, generator=g) * 2.0
-            head = (image, images[t - 1], flow)
-            names, module, session = nonkey.input_names, nonkey.module, sessions["nonkey"]
+            name = nonkey[t % len(nonkey)]
+            spec = specs[name]
+            head: tuple = (image,)
+            if "flow" in spec.input_names:
+                head = (image, images[t - 1], torch.randn(spec.example_inputs[2].shape, generator=g) * 2.0)
+            names, module, session = spec.input_names, spec.module, sessions[name]
             torch_in = head + torch_state
             ort_in = head + tuple(torch.from_numpy(s) for s in ort_state)
         with torch.no_grad():
@@ -193,7 +198,7 @@ def _run_onnx(args: argparse.Namespace) -> int:
             "sha256": file_hash(path),
         }
     card = None
-    if not model.uses_motion:  # a per-frame model is a foreign per-frame model too: give it its card
+    if list(steps) == ["key"]:  # a per-frame model is a foreign per-frame model too: give it its card
         card = write_card(out / steps["key"]["file"], card_of(meta, image_hw)).name
         tqdm.write(f"  model card -> {out / card}  (model.checkpoint:={out / steps['key']['file']} runs it)")
     chain = verify_chain(sessions, specs)

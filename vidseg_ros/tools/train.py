@@ -64,14 +64,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     p.add_argument(
-        "--method", required=True, choices=("perframe", "netwarp", "twnet", "grfp"), help="what to train"
+        "--method",
+        required=True,
+        choices=("perframe", "netwarp", "twnet", "grfp", "tdnet"),
+        help="what to train",
     )
     add_data_arguments(p, split="train")
     p.add_argument(
         "--out", type=Path, required=True, help="checkpoint to write; training state goes to OUT.state"
     )
     p.add_argument(
-        "--init", type=Path, help="trained perframe checkpoint to start from (required for twnet and grfp)"
+        "--init",
+        type=Path,
+        help="trained perframe checkpoint to start from (required for twnet, grfp and tdnet)",
     )
     p.add_argument(
         "--base",
@@ -80,7 +85,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "over it, for its classes, at its input size",
     )
     g = p.add_argument_group("architecture (new models only; --init fixes them)")
-    g.add_argument("--backbone", choices=("mobilenetv2", "resnet18"), help="encoder (default mobilenetv2)")
+    g.add_argument(
+        "--backbone",
+        choices=("mobilenetv2", "mobilenetv2_shallow", "resnet18"),
+        help="encoder (default mobilenetv2)",
+    )
     g.add_argument("--width-mult", type=float, help="MobileNetV2 width (default 0.5; resnet18 needs 1.0)")
     g.add_argument("--decoder-channels", type=int, help="FPN decoder width (default 96)")
     g.add_argument("--pretrained-backbone", type=Path, help="torchvision ImageNet state dict for the encoder")
@@ -114,6 +123,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--netwarp-layers",
         default=",".join(DEFAULT_LAYERS),
         help="netwarp: comma-separated insertion layers",
+    )
+    g.add_argument("--paths", type=int, default=4, help="tdnet: sub-networks taking turns (2, 3 or 4)")
+    g.add_argument(
+        "--teacher",
+        type=Path,
+        help="tdnet: a wider perframe checkpoint to distil from (grouped knowledge distillation)",
     )
     g.add_argument("--grfp-kernel", type=int, default=3, help="grfp: convolution size of the STGRU (odd)")
     g.add_argument(
@@ -218,6 +233,8 @@ def run(args: argparse.Namespace) -> int:
         cfr=args.cfr,
         finetune_static=args.finetune_static,
         grfp_kernel=args.grfp_kernel,
+        paths=args.paths,
+        teacher=args.teacher,
         netwarp_layers=tuple(x.strip() for x in args.netwarp_layers.split(",") if x.strip()),
         lam=args.lam,
         max_distance=args.max_distance,

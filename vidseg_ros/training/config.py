@@ -7,15 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from vidseg_ros.models.netwarp import DEFAULT_LAYERS
+from vidseg_ros.models.tdnet import DEFAULT_PATHS
 from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL, DEFAULT_WARP_LAYER
+from vidseg_ros.training.distill import clip_span
 
-METHODS: tuple[str, ...] = ("perframe", "netwarp", "twnet", "grfp")
+METHODS: tuple[str, ...] = ("perframe", "netwarp", "twnet", "grfp", "tdnet")
 
 #: Default learning rates: stage 1 from scratch; NetWarp and TWNet fine-tune a trained image model. GRFP's unit is
 #: a fresh module and trains at 10x the rate: its weights start at 6 x identity, and at 1e-3 AdamW moved them by
 #: under 0.2 in 300 steps (the unit stayed at its initialisation); at 1e-2 it learnt (see the README's results).
 #: With --finetune-static the shipped recipe passes --lr 2e-4, per-frame fine-tuning's rate, for the network.
-DEFAULT_LR: dict[str, float] = {"perframe": 1e-3, "netwarp": 2e-4, "twnet": 5e-4, "grfp": 1e-3}
+DEFAULT_LR: dict[str, float] = {"perframe": 1e-3, "netwarp": 2e-4, "twnet": 5e-4, "grfp": 1e-3, "tdnet": 5e-4}
 #: GRFP trains on clips of 4 or 5 frames (3 or 4 steps of the unit after the first frame), as the paper does.
 GRFP_DISTANCES = (3, 4)
 #: TWNet trains on chains of up to this many non-key frames by default (capped at key_interval - 1).
@@ -76,6 +78,9 @@ class TrainConfig:
     #: grfp: train the static network too (it is frozen by default).
     finetune_static: bool = False
     grfp_kernel: int = 3
+    #: tdnet: the number of sub-networks, and the wider per-frame model it distils from (None: no distillation).
+    paths: int = DEFAULT_PATHS
+    teacher: Path | None = None
     lam: float = 10.0
     max_distance: int | None = None
     flip: bool = True
@@ -114,6 +119,8 @@ class TrainConfig:
             return 0, 0
         if self.method == "netwarp":
             return 1, 1 if self.max_distance is None else self.max_distance
+        if self.method == "tdnet":  # the N frames are drawn from this run (gaps of 1-2)
+            return clip_span(self.paths), clip_span(self.paths)
         if self.method == "grfp":
             lo, hi = GRFP_DISTANCES
             return (lo, hi) if self.max_distance is None else (min(lo, self.max_distance), self.max_distance)
@@ -147,8 +154,10 @@ class TrainConfig:
                 raise ValueError("--size does not apply with --base: the model card fixes the input size")
             if self.finetune_static:
                 raise ValueError("--finetune-static needs a PyTorch static network (--init), not --base")
-        elif self.method in ("twnet", "grfp") and self.init is None:
-            what = "its frozen key-frame CNN" if self.method == "twnet" else "its static network"
+        elif self.method in ("twnet", "grfp", "tdnet") and self.init is None:
+            what = {"twnet": "its frozen key-frame CNN", "grfp": "its static network"}.get(
+                self.method, "the model every sub-network starts from"
+            )
             raise ValueError(f"{self.method} needs --init PERFRAME_CKPT ({what})")
         for name in ("steps", "batch", "save_every", "flow_downscale"):
             if getattr(self, name) < 1:
@@ -169,6 +178,17 @@ class TrainConfig:
                 f"max_distance {hi} exceeds key_interval - 1 = {self.key_interval - 1}: "
                 "the node never runs that many non-key frames in a row"
             )
+        if self.method == "tdnet":
+            if self.max_distance is not None:
+                raise ValueError(
+                    "--max-distance does not apply to tdnet: its clips are N frames at gaps of 1-2"
+                )
+            if self.paths not in (2, 3, 4):
+                raise ValueError(f"paths must be 2, 3 or 4, got {self.paths}")
+        elif self.teacher is not None:
+            raise ValueError(f"--teacher is for --method tdnet, not {self.method}")
+        if self.teacher is not None and not self.teacher.is_file():
+            raise ValueError(f"--teacher {self.teacher} not found")
         if self.stop_at is not None and self.stop_at < 1:
             raise ValueError(f"stop_at must be >= 1, got {self.stop_at}")
         if self.threads is not None and self.threads < 1:
@@ -199,4 +219,5 @@ class TrainConfig:
             "flow_downscale": self.flow_downscale,
             **({"finetune_static": True} if self.finetune_static else {}),
             **({"grfp_kernel": self.grfp_kernel} if self.method == "grfp" else {}),
+            **({"paths": self.paths, "teacher": str(self.teacher)} if self.method == "tdnet" else {}),
         }

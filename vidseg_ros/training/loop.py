@@ -28,6 +28,7 @@ from vidseg_ros.training import distributed
 from vidseg_ros.training.clips import AUGMENTS, StreamingClips
 from vidseg_ros.training.config import TrainConfig
 from vidseg_ros.training.data import InMemoryClips, attach_key_features, key_feature_bytes
+from vidseg_ros.training.distill import load_teacher
 from vidseg_ros.training.losses import class_weights
 from vidseg_ros.training.objectives import StageObjective, build_stage_model, trainable_summary
 
@@ -193,7 +194,10 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
             "class weights: "
             + ", ".join(f"{n} {w:.2f}" for n, w in zip(meta.classes, weight.tolist(), strict=True)),
         )
-    objective = StageObjective(model, cfg.lam, None if weight is None else weight.to(env.device))
+    teacher = None
+    if cfg.teacher is not None:
+        teacher = load_teacher(cfg.teacher, list(meta.classes), cfg.paths).to(env.device)
+    objective = StageObjective(model, cfg.lam, None if weight is None else weight.to(env.device), teacher)
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     start, wall_before = 0, 0.0
     if cfg.resume:
@@ -241,7 +245,7 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
         loss = float(out["loss"].detach())
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {step}; lower --lr")
-        recent = [*recent[-49:], (loss, float(out["ce"]), float(out["l2"]))]
+        recent = [*recent[-49:], (loss, float(out["ce"]), float(out["aux"]))]
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", d=distance, refresh=False)
         done = step + 1
         if done % cfg.save_every == 0 and done < stop and env.is_main:
@@ -321,6 +325,9 @@ def _recipe(
         recipe["netwarp_layers"] = list(cfg.netwarp_layers)
     if cfg.method == "grfp":
         recipe["finetune_static"] = cfg.finetune_static
+    if cfg.method == "tdnet":
+        recipe.update({"paths": cfg.paths, "teacher": str(cfg.teacher) if cfg.teacher else None})
+        recipe["final_kd"] = means[2]
     if cfg.base is not None:
         recipe["base"] = {
             "path": getattr(model, "base", str(cfg.base)),

@@ -15,6 +15,8 @@
 * ``grfp``: a frozen copy of the image model is the static network; only the STGRU is trained, on clips of 4
   or 5 frames (first frame: ``h = x``), cross-entropy on the labelled frames after the first, gradients
   through the whole chain. ``finetune_static`` trains the static network with it.
+* ``tdnet``: every sub-network starts as a copy of the image model; clips of N frames, one per path, with
+  CE and grouped distillation from a wider per-frame teacher (:mod:`vidseg_ros.training.distill`).
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from vidseg_ros.models.grfp import GRFPModel
 from vidseg_ros.models.netwarp import NetWarpModel
 from vidseg_ros.models.perframe import DECODER_CHANNELS, PerFrameModel
 from vidseg_ros.models.registry import arch_config, build_model
+from vidseg_ros.models.tdnet import TDNetModel
 from vidseg_ros.models.twnet import TWNetModel
 from vidseg_ros.runtime.checkpoint import ModelMeta, load_checkpoint
 from vidseg_ros.runtime.foreign import GRFPOnnxModel, foreign_meta
 from vidseg_ros.training.config import DEFAULT_SIZE, DEFAULT_WIDTH_MULT, TrainConfig
+from vidseg_ros.training.distill import tdnet_loss
 from vidseg_ros.training.losses import consistency, cross_entropy
 
 
@@ -68,7 +72,7 @@ def _image_model(cfg: TrainConfig, classes: ClassTable) -> tuple[PerFrameModel, 
     width = (
         cfg.width_mult
         if cfg.width_mult is not None
-        else (DEFAULT_WIDTH_MULT if backbone == "mobilenetv2" else 1.0)
+        else (DEFAULT_WIDTH_MULT if backbone.startswith("mobilenetv2") else 1.0)
     )
     model = build_model(
         "perframe",
@@ -100,6 +104,8 @@ def build_stage_model(cfg: TrainConfig, classes: ClassTable = SYNTH_TABLE) -> tu
         model = image
     elif cfg.method == "netwarp":
         model = NetWarpModel.from_image_model(image, layers=cfg.netwarp_layers)
+    elif cfg.method == "tdnet":
+        model = TDNetModel.from_image_model(image, paths=cfg.paths)
     elif cfg.method == "grfp":
         grfp = GRFPModel.from_image_model(image, kernel=cfg.grfp_kernel)
         if not cfg.finetune_static:
@@ -157,13 +163,20 @@ class StageObjective(nn.Module):
     """Loss of one training step; a module so DistributedDataParallel can wrap the whole clip unroll.
 
     ``forward(images [T,B,3,H,W], labels [T,B,H,W], flows [T,B,2,h,w] | None, targets | None)`` returns ``loss``, ``ce`` and
-    ``l2`` (0 where not used). ``T == 1`` trains the image model; ``T > 1`` unrolls key + non-key steps.
+    ``aux``, the method's second term (TWNet's L2, TDNet's distillation; 0 where not used). ``T == 1`` trains the image model; ``T > 1`` unrolls key + non-key steps.
     ``targets`` are TWNet's cached key-CNN features of each frame (computed here when not given).
     """
 
-    def __init__(self, model: VideoSegModel, lam: float = 10.0, class_weight: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        model: VideoSegModel,
+        lam: float = 10.0,
+        class_weight: Tensor | None = None,
+        teacher: PerFrameModel | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
+        self.teacher = teacher
         self.lam = float(lam)
         self.class_weight: Tensor | None
         self.register_buffer("class_weight", class_weight)
@@ -172,9 +185,11 @@ class StageObjective(nn.Module):
         self, images: Tensor, labels: Tensor, flows: Tensor | None = None, targets: Tensor | None = None
     ) -> dict[str, Tensor]:
         model = self.model
+        if isinstance(model, TDNetModel):
+            return tdnet_loss(model, self.teacher, images, labels, self.class_weight)
         if images.shape[0] == 1 or not model.uses_motion:
             ce = cross_entropy(model(images[-1]), labels[-1], self.class_weight)
-            return {"loss": ce, "ce": ce.detach(), "l2": torch.zeros_like(ce).detach()}
+            return {"loss": ce, "ce": ce.detach(), "aux": torch.zeros_like(ce).detach()}
         if flows is None:
             raise ValueError(f"{model.method} trains on clips and needs flows")
         twnet = model if isinstance(model, TWNetModel) else None
@@ -199,4 +214,4 @@ class StageObjective(nn.Module):
             if twnet is not None and targets is not None:
                 l2 = l2 + consistency(state[twnet.warp_point], targets[t])
         ce, l2 = ce / max(1, labelled), l2 / steps
-        return {"loss": ce + self.lam * l2, "ce": ce.detach(), "l2": l2.detach()}
+        return {"loss": ce + self.lam * l2, "ce": ce.detach(), "aux": l2.detach()}
