@@ -168,7 +168,9 @@ def test_training_reaches_every_sub_network_and_the_attention() -> None:
     for conv in model.propagation.proj:
         assert float(conv.weight.grad.abs().sum()) > 0
     used_norms = [n for n in model.norms if n.weight.grad is not None]
-    assert len(used_norms) == 1 and float(used_norms[0].weight.grad.abs().sum()) > 0  # the labelled frame's path
+    assert (
+        len(used_norms) == 1 and float(used_norms[0].weight.grad.abs().sum()) > 0
+    )  # the labelled frame's path
     assert all(w.grad is None for w in teacher.parameters())
 
 

@@ -21,6 +21,8 @@ def expected_steps(name: str) -> list[str]:
 def nonkey_step_name(name: str, t: int) -> str:
     """The step frame ``t`` after a key frame runs (TDNet: sub-network ``t mod 4``)."""
     return f"nonkey{t % 4}" if name == "tdnet" else "nonkey"
+
+
 VARIANTS = {"twnet": ("twnet", {"cfr": "bottleneck"}), "twnet_separable": ("twnet", {"cfr": "separable"})}
 TINY = {"backbone": "mobilenetv2", "width_mult": 0.25, "decoder_channels": 16}
 
