@@ -82,3 +82,41 @@ def test_node_segments_with_onnxruntime(tiny_checkpoint, backend: str, reason: s
     finally:
         harness.close()
         node.stop()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_node_runs_tdnet(tiny_checkpoint, backend: str) -> None:
+    """TDNet through the node: every frame answered with its header, the sub-networks taking turns with the
+    cache filling after three frames, and the masks those of the same frames through Stream in PyTorch."""
+    topic = f"/vt_tdnet_{backend}/image"
+    checkpoint = tiny_checkpoint("tdnet", decoder_channels=16)
+    params = {
+        "model.checkpoint": checkpoint,
+        "model.device": "cpu",
+        "model.backend": backend,
+        "model.threads": 1,
+        "realtime": False,
+        "qos.reliability": "reliable",
+    }
+    node = NodeProcess(topic, params, name=f"vidseg_tdnet_{backend}")
+    harness = Harness(topic)
+    frames = 7  # key (path 0), then paths 1, 2, 3 (the cache is full from the fourth frame on), 0, 1, 2
+    try:
+        harness.wait_for_node(node)
+        if backend == "onnxruntime":
+            for step in ("key", "nonkey0", "nonkey1", "nonkey2", "nonkey3"):  # one session per sub-network
+                assert f"onnxruntime {step} step 96x64 (cpu)" in node.output, node.output
+        sent = [frame(T0 + i * STEP, frame_id="cam_td") for i in range(frames)]
+        for msg in sent:
+            harness.publish(msg)
+        assert harness.wait_for(lambda: len(harness.messages("mask")) >= frames, timeout=60), node.output
+        masks = harness.messages("mask")
+        assert [m.header for m in masks] == [m.header for m in sent]
+        want = _torch_masks(checkpoint, sent)
+        assert len({w.tobytes() for w in want}) > 1  # the masks change from frame to frame
+        for got, expected in zip(masks, want, strict=True):
+            ids = np.frombuffer(bytes(got.data), np.uint8).reshape(got.height, got.width)
+            assert (ids == expected).mean() >= 0.999
+    finally:
+        harness.close()
+        node.stop()

@@ -21,6 +21,7 @@ TOP_KEYS = {
     "io",
     "netwarp_extra",
     "dis_fraction",
+    "tdnet_split",
     "colour",
     "node_overhead",
     "node_latency",
@@ -45,6 +46,7 @@ def test_bench_smoke(nudged_checkpoint, tmp_path: Path, capsys: pytest.CaptureFi
         "Model steps",
         "Average frame by stage",
         "NetWarp extra cost",
+        "TDNet per frame with a full cache",
         "Node overhead",
         "Colour + overlay",
         "Targets",
@@ -66,6 +68,8 @@ def test_bench_smoke(nudged_checkpoint, tmp_path: Path, capsys: pytest.CaptureFi
         assert set(result["io"][size]) >= {"decode_ms", "encode_ms", "publish_ms", "total_ms"}
         assert result["netwarp_extra"][size]["extra_ms"] >= result["netwarp_extra"][size]["flow_ms"] > 0
         assert 0 < result["dis_fraction"][size]
+        split = result["tdnet_split"][size]
+        assert set(split) == {"subnetwork_ms", "attention_ms", "head_ms"} and min(split.values()) > 0
     assert result["node_overhead"]["size"] == "96x64" and result["node_overhead"]["total_ms"] > 0
     # Colour + overlay at the bench sizes and at the target's camera size.
     assert list(result["colour"]) == ["96x64", "128x64", "768x576"]
@@ -78,7 +82,7 @@ def test_bench_smoke(nudged_checkpoint, tmp_path: Path, capsys: pytest.CaptureFi
     assert {"decode", "inference", "publish", "total"} <= set(latency["node_stages_p50_ms"])
     names = [(t["name"], t["size"]) for t in result["targets"]]
     assert ("dis_vs_perframe", "96x64") in names and ("node_overhead_p50", "96x64") in names
-    assert ("colour_overlay_p50", "768x576") in names
+    assert ("colour_overlay_p50", "768x576") in names and ("tdnet_vs_perframe", "128x64") in names
     assert ("netwarp_vs_perframe_excl_flow", "128x64") in names and (
         "twnet_avg_vs_perframe",
         "128x64",

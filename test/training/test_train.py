@@ -17,6 +17,7 @@ from vidseg_ros.data.synth import SynthConfig
 from vidseg_ros.data.synth_bag import write_synth_bag
 from vidseg_ros.models.grfp import GRFPModel
 from vidseg_ros.models.netwarp import NetWarpModel
+from vidseg_ros.models.tdnet import TDNetModel
 from vidseg_ros.models.twnet import TWNetModel
 from vidseg_ros.runtime.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from vidseg_ros.training.config import TrainConfig
@@ -244,6 +245,45 @@ def test_grfp_trains_the_unit_over_a_frozen_static_network(bag, perframe, tmp_pa
     static = evaluate_checkpoint(perframe, [bag], progress=False)
     assert grfp["tc"] > static["tc"], (grfp["tc"], static["tc"])
     assert train("--method", "grfp", "--bag", bag, "--out", tmp_path / "x.pt", *RUN) == 2
+
+
+def test_tdnet_trains_every_sub_network_from_perframe_with_a_teacher(bag, perframe, tmp_path):
+    """Every path starts as the per-frame model and moves; the recipe names the teacher; the clips reach 6
+    frames back (3 gaps of up to 2); the checkpoint runs online."""
+    out = tmp_path / "tdnet.pt"
+    args = ["--method", "tdnet", "--init", perframe, "--teacher", perframe, "--bag", bag, "--out", out]
+    assert train(*args, "--steps", 12, "--batch", 2, *RUN) == 0
+    model, meta = load_checkpoint(out)
+    assert isinstance(model, TDNetModel) and meta.method == "tdnet" and model.phases == 4
+    recipe = meta.recipe
+    assert recipe["clip_distance"] == [6, 6] and recipe["teacher"] == str(perframe) and recipe["paths"] == 4
+    assert set(recipe["trainable"]) == {"paths", "encodings", "norms", "propagation"}
+    assert recipe["final_kd"] > 0
+    init, trained = weights(perframe), weights(out)
+    for p in range(4):
+        assert any(not torch.equal(trained[f"paths.{p}.{k}"], v) for k, v in init.items()), p
+    result = evaluate_checkpoint(out, [bag], progress=False)
+    assert result["method"] == "tdnet" and 0 < result["miou"] <= 1
+
+
+def test_bad_tdnet_requests_fail_in_one_line(bag, perframe, tmp_path, capsys):
+    base = ["--bag", bag, "--out", tmp_path / "x.pt", *RUN]
+    cases = [
+        (["--method", "tdnet", "--teacher", perframe], "tdnet needs --init"),
+        (["--method", "twnet", "--init", perframe, "--teacher", perframe], "--teacher is for --method tdnet"),
+        (["--method", "tdnet", "--init", perframe, "--paths", 5], "paths must be 2, 3 or 4"),
+        (["--method", "tdnet", "--init", perframe, "--max-distance", 3], "--max-distance does not apply"),
+        (["--method", "tdnet", "--init", perframe, "--teacher", tmp_path / "no.pt"], "not found"),
+        (
+            ["--method", "tdnet", "--init", perframe, "--paths", 3, "--teacher", perframe],
+            "not 3 equal groups",
+        ),
+    ]
+    for args, message in cases:
+        assert train(*args, *base) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_bad_requests_fail_cleanly(bag, perframe, tmp_path, capsys):

@@ -37,6 +37,8 @@ from vidseg_ros.models.fpn import merge, upsample_logits
 from vidseg_ros.models.perframe import PerFrameModel, load_image_weights
 
 DEFAULT_PATHS = 4
+#: Each sub-network's architecture by default: a per-frame model of about half the shipped one's time.
+DEFAULT_SUBNETWORK = {"backbone": "mobilenetv2_shallow", "width_mult": 0.25, "decoder_channels": 48}
 DEFAULT_KEY_CHANNELS = 16
 #: Every DECIMATION-th row and column of a cached query, key or value is kept.
 DECIMATION = 4
@@ -203,7 +205,8 @@ class TDNetModel(VideoSegModel):
         x = merge(dec.lateral["c2"], dec.smooth["c2"], c2, self.norms[path](fused))
         return dec.classifier(x)
 
-    def _split(self, state: State, key: str) -> list[Tensor]:
+    def cached(self, state: State, key: str) -> list[Tensor]:
+        """The cached ``query``, ``key`` or ``value`` of the last N-1 frames, oldest first."""
         return list(torch.chunk(state[key], self.phases - 1, dim=1))
 
     def clip_logits(self, frames: list[Tensor], start: int) -> tuple[Tensor, Tensor, int]:
@@ -240,7 +243,7 @@ class TDNetModel(VideoSegModel):
             count = state["count"]
             cache = {name: state[name] for name in entry}
             full = (count >= n - 1).to(v.dtype).view(1, 1, 1, 1)
-            c = self.propagation(*(self._split(state, name) for name in ("query", "key", "value")), q)
+            c = self.propagation(*(self.cached(state, name) for name in ("query", "key", "value")), q)
             fused = v + c * full
         logits = upsample_logits(self.head(path, fused, c2), (int(image.shape[-2]), int(image.shape[-1])))
         width = {name: int(t.shape[1]) for name, t in entry.items()}

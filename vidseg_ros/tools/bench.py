@@ -28,6 +28,8 @@ JSON written with ``--json`` (format ``vidseg-bench/1``; keys marked + were adde
     io             {size: {decode_ms, encode_ms, publish_ms, total_ms, samples}}  (real rclpy publisher)
     netwarp_extra  {size: {flow_ms, flowcnn_warp_ms, extra_ms, fraction_of_perframe}}  (main backend)
     dis_fraction   {size: DIS flow time / per-frame model time}
+    tdnet_split    {size: {subnetwork_ms, attention_ms, head_ms}}: TDNet's parts for a frame with a full cache,
+                   PyTorch eager on the main backend's device
     node_overhead  decode + encode + publish p50 at the first size, without the model
     colour         {size: {colorize_ms, overlay_ms, total_ms, samples, cv_threads}} at the sizes plus 768x576:
                    palette.colorize and palette.overlay p50 on a full-size mask of ids enlarged from 1/4 size
@@ -68,6 +70,7 @@ from vidseg_ros.tools.bench_measure import (
     synthetic_frames,
     time_colour,
     time_models,
+    time_tdnet_split,
 )
 from vidseg_ros.tools.bench_report import evaluate_targets, plot, print_report
 from vidseg_ros.tools.export import parse_size
@@ -337,6 +340,7 @@ def run(args: argparse.Namespace) -> int:
         "io": {},
         "netwarp_extra": {},
         "dis_fraction": {},
+        "tdnet_split": {},
         "colour": {},
     }
     from vidseg_ros.ros.bench_node import RosIO, node_compare, node_latency
@@ -369,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
                     "fraction_of_perframe": (flow + cnn) / pf,
                 }
                 result["dis_fraction"][lab] = flow / pf
+                result["tdnet_split"][lab] = time_tdnet_split(loaded["tdnet"].model, size, reps[lab])
         result["node_overhead"] = {"size": label[0], **result["io"][label[0]]}
         for size in dict.fromkeys([*args.sizes, COLOUR_SIZE]):  # the bench sizes, then the target's
             result["colour"]["x".join(map(str, size))] = time_colour(size)

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("perframe", "netwarp", "twnet", "grfp")
+METHODS = ("perframe", "netwarp", "twnet", "grfp", "tdnet")
+#: Shipped file names that do not start with ``<method>_<backend>``.
+FILE_STEMS = {"tdnet": "tdnet4"}
 REF_PIXELS = 640 * 480
 DEFAULT_WIDTH = 0.5
 STAGES = ("decode", "preprocess", "flow", "inference", "postprocess", "publish")
@@ -59,6 +61,7 @@ def load_models(args: argparse.Namespace) -> dict[str, Loaded]:
     """Shipped (or --checkpoint-dir) checkpoints of the requested architecture, else untrained models."""
     from vidseg_ros.classes import SYNTH_CLASSES, SYNTH_PALETTE
     from vidseg_ros.models.registry import build_model
+    from vidseg_ros.models.tdnet import DEFAULT_SUBNETWORK
     from vidseg_ros.runtime.checkpoint import CheckpointError, ModelMeta, load_checkpoint, packaged_checkpoint
 
     folder = args.checkpoint_dir or packaged_checkpoint("x").parent
@@ -66,7 +69,7 @@ def load_models(args: argparse.Namespace) -> dict[str, Loaded]:
     out = {}
     for method in METHODS:
         found = None
-        for path in sorted(folder.glob(f"{method}_{args.backbone}_*.pt")):
+        for path in sorted(folder.glob(f"{FILE_STEMS.get(method, method)}_{args.backbone}_*.pt")):
             try:
                 model, meta = load_checkpoint(path)
             except CheckpointError as e:
@@ -74,15 +77,18 @@ def load_models(args: argparse.Namespace) -> dict[str, Loaded]:
                 continue
             # Without --width-mult the first checkpoint sets the width; all methods must share it.
             width = meta.arch.get("width_mult", 1.0) if width is None else width
-            if meta.arch.get("width_mult", 1.0) == width:
+            if (
+                meta.arch.get("width_mult", 1.0) == width or method == "tdnet"
+            ):  # TDNet's sub-networks are narrow
                 found = Loaded(model, meta, path.name, path)
                 break
             print(f"  ignoring {path.name}: width_mult {meta.arch.get('width_mult')} != {width}")
         if found is None:
             width = DEFAULT_WIDTH if width is None else width
-            model = build_model(
-                method, backbone=args.backbone, width_mult=width, num_classes=len(SYNTH_CLASSES)
-            )
+            arch = {"backbone": args.backbone, "width_mult": width}
+            if method == "tdnet":
+                arch = dict(DEFAULT_SUBNETWORK)
+            model = build_model(method, num_classes=len(SYNTH_CLASSES), **arch)
             arch = {"method": method, **model.config()}
             meta = ModelMeta(method, arch, list(SYNTH_CLASSES), [list(c) for c in SYNTH_PALETTE])
             found = Loaded(model.eval(), meta, "untrained (timing does not depend on weights)", None)
@@ -115,7 +121,7 @@ def time_models(
     import torch
 
     from vidseg_ros.runtime.segmenter import Segmenter
-    from vidseg_ros.runtime.steps import default_flow_hw
+    from vidseg_ros.runtime.steps import default_flow_hw, step_names
 
     w, h = size
     frames = synthetic_frames(w, h, repeats + 2)
@@ -160,19 +166,23 @@ def time_models(
                 add(key, "preprocess", t1 - t0)
                 add(key, "key", t3 - t1)
                 add(key, "postprocess", t3 - t2)
-            if seg.uses_motion:
+            nonkey = len(step_names(seg.model)) > 1
+            flow = None
+            if nonkey:
                 t0 = clock(dev)
-                flow = seg.motion(cur, prev)
+                flow = seg.motion(cur, prev) if seg.uses_motion else None
                 t1 = clock(dev)
+                # TDNet: the path after the key frame's, attention included (the step computes it always).
                 nonkey_logits, _ = seg.nonkey_step(cur, prev, flow, state)
                 seg.to_mask(nonkey_logits, (h, w))
                 t2 = clock(dev)
                 if r:
-                    add(key, "flow", t1 - t0)
+                    if seg.uses_motion:
+                        add(key, "flow", t1 - t0)
                     add(key, "nonkey", t2 - t1)
             if not r and key[0] == next(iter(runs)):  # FLOPs are the model's: counted once per method
                 counts = {"gflop_key": [_gflop(seg.model.key_step, cur.image)]}
-                if seg.uses_motion:
+                if nonkey:
                     counts["gflop_nonkey"] = [
                         _gflop(seg.model.nonkey_step, cur.image, prev.image, flow, state)
                     ]
@@ -180,6 +190,45 @@ def time_models(
                     samples[name][key[1]].update(counts)
         bar.update(1)
     return samples
+
+
+def time_tdnet_split(model: Any, size: tuple[int, int], repeats: int) -> dict[str, float]:
+    """p50 ms of TDNet's parts for one frame with a full cache, in PyTorch eager on the model's device: the
+    sub-network (encoder and decoder to stride 8), the attention (query/key/value and the chain) and the head
+    (normalisation, stride-4 stage, classifier, upsampling)."""
+    import torch
+
+    from vidseg_ros.models.fpn import upsample_logits
+
+    w, h = size
+    device = next(model.parameters()).device
+    image = torch.randn(1, 3, h, w, device=device)
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    times: dict[str, list[float]] = {"subnetwork_ms": [], "attention_ms": [], "head_ms": []}
+    with torch.inference_mode():
+        _, state = model.key_step(image)
+        for _ in range(model.phases - 1):  # fill the cache
+            _, state = model.nonkey_step(image, None, None, state)
+        path = model.phase_of(state)
+        cache = [model.cached(state, name) for name in ("query", "key", "value")]
+        for r in range(repeats + 1):  # round 0 warms up
+            t0 = clock()
+            group, c2 = model.subnetwork(path, image)
+            t1 = clock()
+            q, _, v = model.encodings[path](group)
+            c = model.propagation(*cache, q)
+            t2 = clock()
+            upsample_logits(model.head(path, v + c, c2), (h, w))
+            t3 = clock()
+            if r:
+                for name, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                    times[name].append(seconds * 1e3)
+    return {name: p50(v) for name, v in times.items()}
 
 
 def _gflop(step: Any, *inputs: Any) -> float:

@@ -15,6 +15,8 @@ NETWARP_LIMIT = 1.15
 #: TWNet's mean cost per frame / per-frame step: 0.6 from the speed issue (PyTorch), 0.5 under onnxruntime.
 TWNET_LIMITS = {"onnxruntime": 0.5}
 TWNET_LIMIT = 0.6
+#: TDNet's step / per-frame step (the TDNet issue: at most 0.6x the shipped per-frame model).
+TDNET_LIMIT = 0.6
 #: Through seg_node (first size, one thread): onnxruntime's median per-frame total / PyTorch's, the least
 #: fraction of pixels whose mask agrees with PyTorch's, and the fraction of frames answered.
 NODE_RATIO_LIMIT = 0.5
@@ -58,6 +60,16 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "NetWarp non-key step / per-frame step",
                 backend=name,
             )
+            if "tdnet" in m:
+                target(
+                    "tdnet_vs_perframe",
+                    size,
+                    m["tdnet"]["nonkey_ms"] / pf,
+                    TDNET_LIMIT,
+                    "x",
+                    "TDNet step (one sub-network + attention + head) / per-frame step",
+                    backend=name,
+                )
             if "grfp" in m:
                 target(
                     "grfp_vs_perframe_excl_flow",
@@ -219,6 +231,10 @@ def print_report(result: dict[str, Any]) -> None:
               f" = {100 * x['fraction_of_perframe']:.1f}% of per-frame")  # fmt: skip
     for size, frac in result["dis_fraction"].items():
         print(f"DIS flow at {size}: {100 * frac:.1f}% of the per-frame step")
+    print("\nTDNet per frame with a full cache, PyTorch eager, ms (p50)")
+    for size, x in result.get("tdnet_split", {}).items():
+        print(f"{size:10} sub-network {_f(x['subnetwork_ms'])} + attention {_f(x['attention_ms'])} + head "
+              f"{_f(x['head_ms'])}")  # fmt: skip
     io = result["node_overhead"]
     print(f"\nNode overhead without the model at {io['size']} (p50): decode {io['decode_ms']:.3f} + encode "
           f"{io['encode_ms']:.3f} + publish {io['publish_ms']:.3f} = {io['total_ms']:.3f} ms")  # fmt: skip
