@@ -72,6 +72,11 @@ train: bags
 	$(TRAIN) --method grfp --finetune-static --lr 2e-4 --out $(CKPT)/grfp_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN_H264) --method twnet --warp-layer 3 --out $(CKPT)/twnet_codec_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN_H264) --method twnet --warp-layer 3 --no-correction --out $(CKPT)/twnet_codec_warponly_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
+	# TDNet: a shallow MobileNetV2 x0.25 stage 1 (the same 1600 steps); its sub-networks start from it and distil
+	# from the x0.5 stage-1 model. The same stage 1 plus 300 per-frame steps is the per-frame model of equal cost.
+	$(TRAIN) --method perframe --backbone mobilenetv2_shallow --width-mult 0.25 --decoder-channels 48 --out $(CKPT)/shallow_s1.pt --steps 1600
+	$(TRAIN) --method perframe --out $(CKPT)/perframe_shallow_mobilenetv2_synth.pt --init $(CKPT)/shallow_s1.pt --steps 300 --lr 2e-4
+	$(TRAIN) --method tdnet --paths 4 --out $(CKPT)/tdnet4_mobilenetv2_synth.pt --init $(CKPT)/shallow_s1.pt --teacher $(CKPT)/perframe_s1.pt --steps 300
 	cp $(CKPT)/*_mobilenetv2_synth.pt vidseg_ros/checkpoints/
 	$(MAKE) foreign
 
@@ -88,7 +93,7 @@ foreign: bags
 # The README's results table, from the shipped checkpoints on the held-out bags (seeds 101-103).
 results: bags
 	$(VENV)/bin/vidseg eval $(TEST_BAGS) --key-distance --label-propagation --threads 1 --json out/results.json --plot out/results.png \
-	  $(foreach m,perframe netwarp netwarp_c5p2 twnet twnet_separable twnet_warponly grfp,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt)
+	  $(foreach m,perframe netwarp netwarp_c5p2 twnet twnet_separable twnet_warponly grfp tdnet4 perframe_shallow,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt)
 
 # TWNet on codec motion: the held-out scenes as H.264, keyed on their I-frames, codec vectors as flow, decoding
 # charged to every method alike; the DIS-trained TWNet runs on the same codec motion for comparison.

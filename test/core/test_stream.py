@@ -50,7 +50,12 @@ def test_reset_rules(tiny_checkpoint, change, reason):
 
 @pytest.mark.parametrize(
     ("method", "interval", "keys"),
-    [("perframe", None, [1] * 7), ("netwarp", None, [1] + [0] * 6), ("twnet", 3, [1, 0, 0, 1, 0, 0, 1])],
+    [
+        ("perframe", None, [1] * 7),
+        ("netwarp", None, [1] + [0] * 6),
+        ("twnet", 3, [1, 0, 0, 1, 0, 0, 1]),
+        ("tdnet", None, [1] + [0] * 6),
+    ],
 )
 def test_key_frame_policy(tiny_checkpoint, method, interval, keys):
     model, meta = load_checkpoint(tiny_checkpoint(method))
@@ -145,10 +150,13 @@ def _codec(intra: bool, flow: np.ndarray | None = None, decode_ms: float = 2.5):
     )
 
 
-@pytest.mark.parametrize(("method", "interval"), [("twnet", 3), ("netwarp", None), ("perframe", None)])
+@pytest.mark.parametrize(
+    ("method", "interval"), [("twnet", 3), ("netwarp", None), ("perframe", None), ("tdnet", None)]
+)
 def test_codec_motion_keys_on_i_frames_and_after_resets(tiny_checkpoint, method, interval):
-    """With codec motion the I-frames are the key frames, whatever the model's own interval; a reset still
-    makes the next frame a key frame, and the decode time is the decode stage."""
+    """With codec motion the I-frames are the key frames of the models that take motion, whatever their own
+    interval; a reset still makes the next frame a key frame (TDNet's only ones: it takes no motion), and
+    the decode time is the decode stage."""
     model, meta = load_checkpoint(tiny_checkpoint(method))
     stream = Stream(Segmenter(model, meta, key_interval=interval), max_gap_s=0.5)
     intra = [1, 0, 0, 0, 0, 1, 0, 0]
@@ -159,7 +167,7 @@ def test_codec_motion_keys_on_i_frames_and_after_resets(tiny_checkpoint, method,
         r = stream.step(f, t, motion=_codec(bool(i)))
         got.append(int(r.is_key))
         assert r.timings_ms["decode"] == 2.5
-    expected = [1] * 8 if method == "perframe" else [1, 0, 0, 0, 0, 1, 0, 1]
+    expected = {"perframe": [1] * 8, "tdnet": [1, 0, 0, 0, 0, 0, 0, 1]}.get(method, [1, 0, 0, 0, 0, 1, 0, 1])
     assert got == expected
 
 
