@@ -77,6 +77,7 @@ train: bags
 	$(TRAIN) --method perframe --backbone mobilenetv2_shallow --width-mult 0.25 --decoder-channels 48 --out $(CKPT)/shallow_s1.pt --steps 1600
 	$(TRAIN) --method perframe --out $(CKPT)/perframe_shallow_mobilenetv2_synth.pt --init $(CKPT)/shallow_s1.pt --steps 300 --lr 2e-4
 	$(TRAIN) --method tdnet --paths 4 --out $(CKPT)/tdnet4_mobilenetv2_synth.pt --init $(CKPT)/shallow_s1.pt --teacher $(CKPT)/perframe_s1.pt --steps 300
+	$(TRAIN) --method tdnet --paths 2 --out $(CKPT)/tdnet2_mobilenetv2_synth.pt --init $(CKPT)/shallow_s1.pt --teacher $(CKPT)/perframe_s1.pt --steps 300
 	cp $(CKPT)/*_mobilenetv2_synth.pt vidseg_ros/checkpoints/
 	$(MAKE) foreign
 
@@ -93,7 +94,7 @@ foreign: bags
 # The README's results table, from the shipped checkpoints on the held-out bags (seeds 101-103).
 results: bags
 	$(VENV)/bin/vidseg eval $(TEST_BAGS) --key-distance --label-propagation --threads 1 --json out/results.json --plot out/results.png \
-	  $(foreach m,perframe netwarp netwarp_c5p2 twnet twnet_separable twnet_warponly grfp tdnet4 perframe_shallow,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt)
+	  $(foreach m,perframe netwarp netwarp_c5p2 twnet twnet_separable twnet_warponly grfp tdnet4 tdnet2 perframe_shallow,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt)
 
 # TWNet on codec motion: the held-out scenes as H.264, keyed on their I-frames, codec vectors as flow, decoding
 # charged to every method alike; the DIS-trained TWNet runs on the same codec motion for comparison.
