@@ -9,7 +9,7 @@ import torch
 
 from vidseg_ros.models.perframe import PerFrameModel
 from vidseg_ros.models.registry import build_model
-from vidseg_ros.models.tdnet import DECIMATION, TDNetModel, attend, decimate
+from vidseg_ros.models.tdnet import DECIMATION, MAX_KEYS, TDNetModel, attend, decimate, decimation
 from vidseg_ros.training.distill import distillation, tdnet_loss, teacher_outputs
 
 SUB = {"backbone": "mobilenetv2_shallow", "width_mult": 0.25, "decoder_channels": 16}
@@ -122,6 +122,23 @@ def test_state_contract_at_any_size(hw: tuple[int, int]) -> None:
     h8, w8 = -(-hw[0] // 8), -(-hw[1] // 8)
     assert state["value"].shape == (1, 16, -(-h8 // DECIMATION), -(-w8 // DECIMATION))
     assert float(state["phase"]) == 0 and float(state["count"]) == 1  # two paths: one frame cached at most
+
+
+def test_cached_keys_are_bounded_on_large_inputs() -> None:
+    """Every 4th row and column at the shipped size; on larger inputs the least decimation that keeps at
+    most MAX_KEYS per frame, so the attention's cost grows with the queries only."""
+
+    def kept(h: int, w: int, d: int) -> int:
+        return -(-h // d) * -(-w // d)
+
+    assert decimation(30, 40) == DECIMATION == 4  # 320x240
+    for h, w in ((60, 80), (64, 128), (135, 240)):
+        d = decimation(h, w)
+        assert kept(h, w, d) <= MAX_KEYS < kept(h, w, d - 1), (h, w, d)
+    model = _model(paths=2)
+    with torch.no_grad():
+        _, state = model.key_step(torch.randn(1, 3, 480, 640))
+    assert state["key"].shape[-2:] == (8, 10)  # 60x80 features, every 8th
 
 
 def test_bad_options_and_states_are_rejected() -> None:
