@@ -184,11 +184,26 @@ def test_training_reaches_every_sub_network_and_the_attention() -> None:
         assert float(enc.value.weight.grad.abs().sum()) > 0
     for conv in model.propagation.proj:
         assert float(conv.weight.grad.abs().sum()) > 0
+    # The labelled frame's path and a second path that segments it alone (the agreement term) normalise.
     used_norms = [n for n in model.norms if n.weight.grad is not None]
-    assert (
-        len(used_norms) == 1 and float(used_norms[0].weight.grad.abs().sum()) > 0
-    )  # the labelled frame's path
+    assert len(used_norms) == 2 and all(float(n.weight.grad.abs().sum()) > 0 for n in used_norms)
     assert all(w.grad is None for w in teacher.parameters())
+
+
+def test_agreement_pulls_two_paths_together() -> None:
+    """Paths that are copies of one model agree, so the agreement term is zero for them; paths that differ
+    disagree measurably."""
+    torch.manual_seed(0)
+    image_model = PerFrameModel(num_classes=5, **SUB)
+    same = TDNetModel.from_image_model(image_model, paths=2).eval()
+    frame = torch.randn(1, 3, *HW)
+    with torch.no_grad():
+        torch.testing.assert_close(same.alone(0, frame), same.alone(1, frame))
+        differ = _model(paths=2)
+        assert float(distillation(differ.alone(0, frame), differ.alone(1, frame))) > 1e-4
+        group, c2 = differ.subnetwork(1, frame)
+        alone = differ.head(1, differ.encodings[1](group)[2], c2)  # the cold start, written out
+        torch.testing.assert_close(differ.alone(1, frame), alone)
 
 
 def test_from_image_model_copies_it_into_every_path() -> None:

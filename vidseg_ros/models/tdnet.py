@@ -222,6 +222,11 @@ class TDNetModel(VideoSegModel):
         """The cached ``query``, ``key`` or ``value`` of the last N-1 frames, oldest first."""
         return list(torch.chunk(state[key], self.phases - 1, dim=1))
 
+    def alone(self, path: int, image: Tensor) -> Tensor:
+        """Path ``path``'s stride-4 logits from ``image`` alone: the cold-start output."""
+        group, c2 = self.subnetwork(path, image)
+        return self.head(path, self.encodings[path].value(group), c2)
+
     def clip_logits(self, frames: list[Tensor], start: int) -> tuple[Tensor, Tensor, int]:
         """Training: ``frames`` (N of them, oldest first) run paths ``start, start + 1, ...`` (mod N).
 
