@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 METHODS = ("perframe", "netwarp", "twnet", "grfp", "tdnet")
-#: Shipped file names that do not start with ``<method>_<backend>``.
+#: Shipped file names that do not start with ``<method>_<backbone>``.
 FILE_STEMS = {"tdnet": "tdnet4"}
 REF_PIXELS = 640 * 480
 DEFAULT_WIDTH = 0.5
@@ -77,9 +77,8 @@ def load_models(args: argparse.Namespace) -> dict[str, Loaded]:
                 continue
             # Without --width-mult the first checkpoint sets the width; all methods must share it.
             width = meta.arch.get("width_mult", 1.0) if width is None else width
-            if (
-                meta.arch.get("width_mult", 1.0) == width or method == "tdnet"
-            ):  # TDNet's sub-networks are narrow
+            # TDNet's sub-networks are narrower than the others' network by design: their width is their own.
+            if method == "tdnet" or meta.arch.get("width_mult", 1.0) == width:
                 found = Loaded(model, meta, path.name, path)
                 break
             print(f"  ignoring {path.name}: width_mult {meta.arch.get('width_mult')} != {width}")
@@ -167,7 +166,6 @@ def time_models(
                 add(key, "key", t3 - t1)
                 add(key, "postprocess", t3 - t2)
             nonkey = len(step_names(seg.model)) > 1
-            flow = None
             if nonkey:
                 t0 = clock(dev)
                 flow = seg.motion(cur, prev) if seg.uses_motion else None

@@ -2,7 +2,7 @@
 
 A clip is the labelled frame and the N-1 frames before it at random gaps of 1 or 2, taken from a contiguous
 run of ``2 (N-1) + 1`` frames; its first frame runs a random path, so every path learns to be the current
-one. The loss, as the paper's:
+one. The loss, the paper's on the first line and ours on the second (see below):
 
     CE(full) + 0.5 CE(sub) + KL(teacher || full) + 0.5 KL(teacher group p || sub)
       + 0.5 CE(other) + w (KL(sub || other) + KL(other || sub))
@@ -17,7 +17,7 @@ pulled it towards a flat distribution: on the held-out bags that cost 5.8 mIoU a
 (52.2 against 58.0, TD4, same recipe). Path p learns from group p, in that order (the official TD4 code
 handed its groups over as 1, 3, 2, 4).
 
-The last line is ours, not the paper's: a second path q, drawn at random, also segments the labelled frame
+The second line: a second path q, drawn at random, also segments the labelled frame
 alone, and the two paths' own outputs are pulled together (each towards the other, held fixed). Frames
 alternate paths, so paths that disagree make the masks flicker. Measured on the held-out bags with TD4: one
 path alone on every frame gave 76.0 TC, the paths alternating 69.6 and the full model 71.5; with this term
