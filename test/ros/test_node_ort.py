@@ -30,6 +30,18 @@ def _torch_masks(checkpoint, sent) -> list[np.ndarray]:
     return out
 
 
+def _cpu_params(checkpoint, backend: str) -> dict:
+    """One thread on the CPU, every frame processed (no dropping), reliable QoS."""
+    return {
+        "model.checkpoint": checkpoint,
+        "model.device": "cpu",
+        "model.backend": backend,
+        "model.threads": 1,
+        "realtime": False,
+        "qos.reliability": "reliable",
+    }
+
+
 @pytest.mark.parametrize(
     ("backend", "reason"),
     [
@@ -40,15 +52,7 @@ def _torch_masks(checkpoint, sent) -> list[np.ndarray]:
 def test_node_segments_with_onnxruntime(tiny_checkpoint, backend: str, reason: str) -> None:
     topic = f"/vt_ort_{backend}/image"
     checkpoint = tiny_checkpoint("netwarp")
-    params = {
-        "model.checkpoint": checkpoint,
-        "model.device": "cpu",
-        "model.backend": backend,
-        "model.threads": 1,
-        "realtime": False,
-        "qos.reliability": "reliable",
-    }
-    node = NodeProcess(topic, params, name=f"vidseg_ort_{backend}")
+    node = NodeProcess(topic, _cpu_params(checkpoint, backend), name=f"vidseg_ort_{backend}")
     harness = Harness(topic)
     try:
         harness.wait_for_node(node)
@@ -90,15 +94,7 @@ def test_node_runs_tdnet(tiny_checkpoint, backend: str) -> None:
     cache filling after three frames, and the masks those of the same frames through Stream in PyTorch."""
     topic = f"/vt_tdnet_{backend}/image"
     checkpoint = tiny_checkpoint("tdnet", decoder_channels=16)
-    params = {
-        "model.checkpoint": checkpoint,
-        "model.device": "cpu",
-        "model.backend": backend,
-        "model.threads": 1,
-        "realtime": False,
-        "qos.reliability": "reliable",
-    }
-    node = NodeProcess(topic, params, name=f"vidseg_tdnet_{backend}")
+    node = NodeProcess(topic, _cpu_params(checkpoint, backend), name=f"vidseg_tdnet_{backend}")
     harness = Harness(topic)
     frames = 7  # key (path 0), then paths 1, 2, 3 (the cache is full from the fourth frame on), 0, 1, 2
     try:
