@@ -12,9 +12,10 @@ last N frames are recomposed by attention instead of being concatenated:
 
 Index 1 is the oldest cached frame. Cached queries, keys and values are decimated (every 4th row and
 column, in training as at test: the official code used 3 in training and 4 at test; coarser on large inputs,
-see :data:`MAX_KEYS`); q_t and v_t keep the full stride-8 size. ``Norm_p`` normalises each pixel over its channels (a fixed-shape LayerNorm would lock
-the input size). ``Head_p`` is path p's own stride-4 decoder stage and classifier, with ``Norm_p(c + v_t)``
-in place of its ``p3``: the sub-network keeps its low-level detail. Until the cache holds N-1 frames the
+see :data:`MAX_KEYS`); q_t and v_t keep the full stride-8 size. ``Norm_p`` normalises each pixel over its
+channels (a fixed-shape LayerNorm would lock the input size). ``Head_p`` is path p's own stride-4 decoder
+stage and classifier, with ``Norm_p(c + v_t)`` in place of its ``p3``: the sub-network keeps its low-level
+detail. Until the cache holds N-1 frames the
 output is the cold start ``Head_p(Norm_p(v_t))``; the step computes it as ``c * full`` so that one
 exported graph serves both.
 
@@ -38,7 +39,12 @@ from vidseg_ros.models.perframe import PerFrameModel, load_image_weights
 
 DEFAULT_PATHS = 4
 #: Each sub-network's architecture by default: a per-frame model of about half the shipped one's time.
-DEFAULT_SUBNETWORK = {"backbone": "mobilenetv2_shallow", "width_mult": 0.25, "decoder_channels": 48}
+SUB_BACKBONE, SUB_WIDTH, SUB_DECODER_CHANNELS = "mobilenetv2_shallow", 0.25, 48
+DEFAULT_SUBNETWORK = {
+    "backbone": SUB_BACKBONE,
+    "width_mult": SUB_WIDTH,
+    "decoder_channels": SUB_DECODER_CHANNELS,
+}
 DEFAULT_KEY_CHANNELS = 16
 #: Every DECIMATION-th row and column of a cached query, key or value is kept, or every d-th with the least
 #: d that keeps at most MAX_KEYS of them: the attention's cost grows with queries x keys, so without the
@@ -47,7 +53,6 @@ DEFAULT_KEY_CHANNELS = 16
 DECIMATION = 4
 MAX_KEYS = 96
 ATTENTION_DROPOUT = 0.1
-STATE_KEYS = ("count", "key", "phase", "query", "value")
 
 
 class ChannelNorm(nn.Module):
@@ -155,9 +160,9 @@ class TDNetModel(VideoSegModel):
         self,
         *,
         num_classes: int,
-        backbone: str = "mobilenetv2_shallow",
-        width_mult: float = 0.25,
-        decoder_channels: int = 48,
+        backbone: str = SUB_BACKBONE,
+        width_mult: float = SUB_WIDTH,
+        decoder_channels: int = SUB_DECODER_CHANNELS,
         paths: int = DEFAULT_PATHS,
         key_channels: int = DEFAULT_KEY_CHANNELS,
     ) -> None:
