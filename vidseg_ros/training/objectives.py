@@ -163,7 +163,8 @@ class StageObjective(nn.Module):
     """Loss of one training step; a module so DistributedDataParallel can wrap the whole clip unroll.
 
     ``forward(images [T,B,3,H,W], labels [T,B,H,W], flows [T,B,2,h,w] | None, targets | None)`` returns ``loss``, ``ce`` and
-    ``aux``, the method's second term (TWNet's L2, TDNet's distillation; 0 where not used). ``T == 1`` trains the image model; ``T > 1`` unrolls key + non-key steps.
+    ``aux``, the method's second term (TWNet's L2, TDNet's distillation; 0 where not used). ``T == 1`` trains
+    the image model; ``T > 1`` unrolls key + non-key steps (TDNet: :func:`~vidseg_ros.training.distill.tdnet_loss`).
     ``targets`` are TWNet's cached key-CNN features of each frame (computed here when not given).
     """
 
