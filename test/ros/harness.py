@@ -184,7 +184,9 @@ class Harness:
         self.pub.publish(msg)
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1)
+        # As ros/replay.py's close: the spin thread leaves spin() before the node is destroyed.
+        self.executor.shutdown(timeout_sec=10)
+        self._thread.join(timeout=10)
         self.node.destroy_node()
 
 

@@ -223,5 +223,8 @@ class Replayer:
             time.sleep(0.05)
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1)
+        # The spin thread leaves spin() before the node goes: a node destroyed under a spinning executor races
+        # with it (rclpy issue 968), and once left a test's spin thread looping with the GIL held.
+        self.executor.shutdown(timeout_sec=10)
+        self._spinner.join(timeout=10)
         self.node.destroy_node()
