@@ -30,6 +30,23 @@ def _torch_masks(checkpoint, sent) -> list[np.ndarray]:
     return out
 
 
+def _masks_match_torch(
+    harness: Harness, node: NodeProcess, checkpoint, sent
+) -> tuple[list, list[np.ndarray]]:
+    """Publishes ``sent`` and waits for a mask per frame; each carries its frame's header and equals the mask
+    PyTorch eager gives through Stream. Returns the node's masks and PyTorch's."""
+    for msg in sent:
+        harness.publish(msg)
+    assert harness.wait_for(lambda: len(harness.messages("mask")) >= len(sent), timeout=60), node.output
+    masks = harness.messages("mask")
+    assert [m.header for m in masks] == [m.header for m in sent]
+    want = _torch_masks(checkpoint, sent)
+    for got, expected in zip(masks, want, strict=True):
+        ids = np.frombuffer(bytes(got.data), np.uint8).reshape(got.height, got.width)
+        assert (ids == expected).mean() >= 0.999
+    return masks, want
+
+
 def _cpu_params(checkpoint, backend: str) -> dict:
     """One thread on the CPU, every frame processed (no dropping), reliable QoS."""
     return {
@@ -61,17 +78,10 @@ def test_node_segments_with_onnxruntime(tiny_checkpoint, backend: str, reason: s
         assert "1 CPU thread(s)" in line
         assert "onnxruntime key step 96x64 (cpu)" in node.output  # the session load/export is logged
 
-        sent = [frame(T0 + i * STEP, frame_id="cam_ort") for i in range(FRAMES)]
-        for msg in sent:
-            harness.publish(msg)
-        assert harness.wait_for(lambda: len(harness.messages("mask")) >= FRAMES, timeout=60), node.output
-        masks = harness.messages("mask")
-        assert [m.header for m in masks] == [m.header for m in sent]
-        assert all((m.width, m.height, m.encoding) == (128, 96, "mono8") for m in masks)
         # Key frame, then non-key frames carrying state through ORT: the same masks as PyTorch's.
-        for got, want in zip(masks, _torch_masks(checkpoint, sent), strict=True):
-            ids = np.frombuffer(bytes(got.data), np.uint8).reshape(got.height, got.width)
-            assert (ids == want).mean() >= 0.999
+        sent = [frame(T0 + i * STEP, frame_id="cam_ort") for i in range(FRAMES)]
+        masks, _ = _masks_match_torch(harness, node, checkpoint, sent)
+        assert all((m.width, m.height, m.encoding) == (128, 96, "mono8") for m in masks)
 
         def status_values() -> dict[str, str] | None:
             for d in reversed(harness.messages("diagnostics")):
@@ -103,16 +113,8 @@ def test_node_runs_tdnet(tiny_checkpoint, backend: str) -> None:
             for step in ("key", "nonkey0", "nonkey1", "nonkey2", "nonkey3"):  # one session per sub-network
                 assert f"onnxruntime {step} step 96x64 (cpu)" in node.output, node.output
         sent = [frame(T0 + i * STEP, frame_id="cam_td") for i in range(frames)]
-        for msg in sent:
-            harness.publish(msg)
-        assert harness.wait_for(lambda: len(harness.messages("mask")) >= frames, timeout=60), node.output
-        masks = harness.messages("mask")
-        assert [m.header for m in masks] == [m.header for m in sent]
-        want = _torch_masks(checkpoint, sent)
+        _, want = _masks_match_torch(harness, node, checkpoint, sent)
         assert len({w.tobytes() for w in want}) > 1  # the masks change from frame to frame
-        for got, expected in zip(masks, want, strict=True):
-            ids = np.frombuffer(bytes(got.data), np.uint8).reshape(got.height, got.width)
-            assert (ids == expected).mean() >= 0.999
     finally:
         harness.close()
         node.stop()

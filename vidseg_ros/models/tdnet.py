@@ -227,10 +227,15 @@ class TDNetModel(VideoSegModel):
         """The cached ``query``, ``key`` or ``value`` of the last N-1 frames, oldest first."""
         return list(torch.chunk(state[key], self.phases - 1, dim=1))
 
+    def encode(self, path: int, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Path ``path`` on ``image``: its query, key and value, and its stride-4 encoder features ``c2``."""
+        group, c2 = self.subnetwork(path, image)
+        return (*self.encodings[path](group), c2)
+
     def alone(self, path: int, image: Tensor) -> Tensor:
         """Path ``path``'s stride-4 logits from ``image`` alone: the cold-start output."""
-        group, c2 = self.subnetwork(path, image)
-        return self.head(path, self.encodings[path].value(group), c2)
+        _, _, v, c2 = self.encode(path, image)
+        return self.head(path, v, c2)
 
     def clip_logits(self, frames: list[Tensor], start: int) -> tuple[Tensor, Tensor, int]:
         """Training: ``frames`` (N of them, oldest first) run paths ``start, start + 1, ...`` (mod N).
@@ -241,22 +246,18 @@ class TDNetModel(VideoSegModel):
         n = self.phases
         if len(frames) != n:
             raise ValueError(f"a TDNet clip has {n} frames, got {len(frames)}")
-        cached: list[tuple[Tensor, Tensor, Tensor]] = []
-        for j, frame in enumerate(frames[:-1]):
-            group, _ = self.subnetwork((start + j) % n, frame)
-            q, k, v = self.encodings[(start + j) % n](group)
-            cached.append((decimate(q), decimate(k), decimate(v)))
+        cached = [
+            [decimate(t) for t in self.encode((start + j) % n, f)[:3]] for j, f in enumerate(frames[:-1])
+        ]
         path = (start + n - 1) % n
-        group, c2 = self.subnetwork(path, frames[-1])
-        q, _, v = self.encodings[path](group)
-        c = self.propagation([e[0] for e in cached], [e[1] for e in cached], [e[2] for e in cached], q)
+        q, _, v, c2 = self.encode(path, frames[-1])
+        c = self.propagation(*(list(entries) for entries in zip(*cached, strict=True)), q)
         return self.head(path, c + v, c2), self.head(path, v, c2), path
 
     # ---------------------------------------------------------------------------------------- the steps
     def _step(self, image: Tensor, state: State | None, path: int) -> tuple[Tensor, State]:
         n = self.phases
-        group, c2 = self.subnetwork(path, image)
-        q, k, v = self.encodings[path](group)
+        q, k, v, c2 = self.encode(path, image)
         entry = {"query": decimate(q), "key": decimate(k), "value": decimate(v)}
         if state is None:  # cold start: an empty cache
             fused = v

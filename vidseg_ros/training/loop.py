@@ -155,6 +155,10 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
     t_prep = time.perf_counter()
     dataset = open_training_data(cfg)  # raises DatasetError or LabelError (both ValueError, one line)
     model, meta = build_stage_model(cfg, dataset.classes)
+    # Before the clips are prepared (seconds to minutes), so that an unfit teacher fails at once.
+    teacher = None
+    if cfg.teacher is not None:
+        teacher = load_teacher(cfg.teacher, list(meta.classes), cfg.paths).to(env.device)
     size = (meta.input_size[0], meta.input_size[1])
     lo, hi = cfg.distances
     show = cfg.progress and env.is_main
@@ -194,9 +198,6 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
             "class weights: "
             + ", ".join(f"{n} {w:.2f}" for n, w in zip(meta.classes, weight.tolist(), strict=True)),
         )
-    teacher = None
-    if cfg.teacher is not None:
-        teacher = load_teacher(cfg.teacher, list(meta.classes), cfg.paths).to(env.device)
     objective = StageObjective(model, cfg.lam, None if weight is None else weight.to(env.device), teacher)
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     start, wall_before = 0, 0.0
