@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from vidseg_ros.models.fpn import upsample_logits
 from vidseg_ros.models.perframe import PerFrameModel
 from vidseg_ros.models.registry import build_model
 from vidseg_ros.models.tdnet import DECIMATION, MAX_KEYS, TDNetModel, attend, decimate, decimation
@@ -188,6 +189,26 @@ def test_training_reaches_every_sub_network_and_the_attention() -> None:
     used_norms = [n for n in model.norms if n.weight.grad is not None]
     assert len(used_norms) == 2 and all(float(n.weight.grad.abs().sum()) > 0 for n in used_norms)
     assert all(w.grad is None for w in teacher.parameters())
+
+
+def test_training_clip_is_the_online_chain() -> None:
+    """The training unroll of a clip gives what the steps give online once the cache is full, whatever path
+    the clip starts at."""
+    model = _model()
+    frames = _frames(4 + 3)
+    with torch.no_grad():
+        online, state = [], None
+        for frame in frames:
+            if state is None:
+                logits, state = model.key_step(frame)
+            else:
+                logits, state = model.nonkey_step(frame, None, None, state)
+            online.append(logits)
+        for t in range(3, len(frames)):
+            full, sub, path = model.clip_logits(frames[t - 3 : t + 1], start=(t - 3) % 4)
+            assert path == t % 4
+            torch.testing.assert_close(upsample_logits(full, HW), online[t])
+            torch.testing.assert_close(sub, model.alone(path, frames[t]))
 
 
 def test_agreement_pulls_two_paths_together() -> None:
