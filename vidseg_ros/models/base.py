@@ -32,8 +32,6 @@ class VideoSegModel(nn.Module):
 
     method: ClassVar[str] = ""
     uses_motion: ClassVar[bool] = False
-    #: Whether training clips carry flow though the model takes no motion (TDNet's temporal term).
-    trains_on_flow: ClassVar[bool] = False
     #: Submodules that stage-2 training creates from scratch (the rest starts from a trained image model);
     #: they train at a higher learning rate (``FRESH_LR_MULT`` in :mod:`vidseg_ros.training.loop`).
     fresh_modules: ClassVar[tuple[str, ...]] = ()

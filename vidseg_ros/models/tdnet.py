@@ -153,7 +153,6 @@ class TDNetModel(VideoSegModel):
 
     method = "tdnet"
     uses_motion = False
-    trains_on_flow = True
     key_interval = 0
     fresh_modules = ("encodings", "norms", "propagation")
 
@@ -238,25 +237,22 @@ class TDNetModel(VideoSegModel):
         _, _, v, c2 = self.encode(path, image)
         return self.head(path, v, c2)
 
-    def clip_logits(self, frames: list[Tensor], start: int) -> tuple[list[Tensor], Tensor, int]:
-        """Training: ``frames`` (N or more, oldest first) run paths ``start, start + 1, ...`` (mod N).
+    def clip_logits(self, frames: list[Tensor], start: int) -> tuple[Tensor, Tensor, int]:
+        """Training: ``frames`` (N of them, oldest first) run paths ``start, start + 1, ...`` (mod N).
 
-        Returns the stride-4 logits of every frame from the N-th on, each with the cache of the N-1 frames
-        before it (full); those of the last frame's path alone (the cold-start output); and that path.
+        Returns the last frame's stride-4 logits with the cache full, those of its path alone (the cold-start
+        output) and that path.
         """
         n = self.phases
-        if len(frames) < n:
-            raise ValueError(f"a TDNet clip has at least {n} frames, got {len(frames)}")
-        encoded = [self.encode((start + j) % n, f) for j, f in enumerate(frames)]
-        cached = [[decimate(t) for t in entry[:3]] for entry in encoded[:-1]]
-        fulls = []
-        for i in range(n - 1, len(frames)):
-            q, _, v, c2 = encoded[i]
-            c = self.propagation(*(list(entries) for entries in zip(*cached[i - n + 1 : i], strict=True)), q)
-            fulls.append(self.head((start + i) % n, c + v, c2))
-        path = (start + len(frames) - 1) % n
-        _, _, v, c2 = encoded[-1]
-        return fulls, self.head(path, v, c2), path
+        if len(frames) != n:
+            raise ValueError(f"a TDNet clip has {n} frames, got {len(frames)}")
+        cached = [
+            [decimate(t) for t in self.encode((start + j) % n, f)[:3]] for j, f in enumerate(frames[:-1])
+        ]
+        path = (start + n - 1) % n
+        q, _, v, c2 = self.encode(path, frames[-1])
+        c = self.propagation(*(list(entries) for entries in zip(*cached, strict=True)), q)
+        return self.head(path, c + v, c2), self.head(path, v, c2), path
 
     # ---------------------------------------------------------------------------------------- the steps
     def _step(self, image: Tensor, state: State | None, path: int) -> tuple[Tensor, State]:

@@ -124,10 +124,7 @@ class Segmenter:
         input_size: tuple[int, int] | None = None,
         flow_downscale: int = 2,
         key_interval: int | None = None,
-        with_flow: bool | None = None,
     ) -> None:
-        """``with_flow``: compute flow between frames (None: when the model takes motion; training may want it
-        for a model that does not)."""
         self.backend: Backend = backend or EagerBackend(model, device=str(device))
         self.device = self.backend.device
         self.model = model
@@ -141,7 +138,7 @@ class Segmenter:
         self._std = torch.tensor(meta.std, device=self.device).view(1, 3, 1, 1) * 255.0
         self.flow = None
         self.flow_size = default_flow_hw(self.input_size[::-1], flow_downscale)[::-1]  # (w, h), as input_size
-        if model.uses_motion if with_flow is None else with_flow:
+        if model.uses_motion:
             from vidseg_ros.motion.flow import DISFlow
 
             # Frames are shrunk to flow_size here (once per frame, kept for the next one), so DIS gets them as is.

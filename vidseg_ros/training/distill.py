@@ -35,25 +35,17 @@ from torch import Tensor
 from vidseg_ros.models.fpn import upsample_like
 from vidseg_ros.models.perframe import PerFrameModel
 from vidseg_ros.models.tdnet import TDNetModel
-from vidseg_ros.motion.warp import resize_to, warp
 from vidseg_ros.runtime.checkpoint import load_checkpoint
 from vidseg_ros.training.losses import cross_entropy
 
 SUB_WEIGHT = 0.5
 #: w: weight of each direction of the agreement between two paths' own outputs.
 AGREE_WEIGHT = 2.0
-#: Experiment (reverted): weight of the flow-warped temporal term, and whether the teacher also distils into
-#: the previous frame's output (scripts set these).
-TEMPORAL_WEIGHT = 1.0
-PREV_KD = False
-#: Mean absolute colour difference (normalised units, at the logits' stride) above which a pixel counts as
-#: occluded or wrongly flowed and is left out of the temporal term.
-OCCLUSION_THRESHOLD = 0.2
 
 
 def clip_span(paths: int) -> int:
-    """Frames before the labelled one that a clip may reach back (the frame before it, then gaps of 2)."""
-    return 2 * (paths - 1) + 1
+    """Frames before the labelled one that a clip may reach back (every gap 2)."""
+    return 2 * (paths - 1)
 
 
 def load_teacher(path: Path, classes: list[str], paths: int) -> PerFrameModel:
@@ -96,58 +88,33 @@ def distillation(student: Tensor, teacher: Tensor) -> Tensor:
     return (log_t.exp() * (log_t - log_s)).sum(dim=1).mean()
 
 
-def temporal_consistency(cur: Tensor, prev: Tensor, flow: Tensor, image: Tensor, prev_image: Tensor) -> Tensor:
-    """Symmetric KL between frame t's logits ``cur`` and frame t-1's ``prev`` warped into frame t by the reverse
-    flow ``flow`` (t to t-1), averaged over the pixels the flow carries: those whose colour, at the logits'
-    resolution, differs from the warped previous frame's by less than :data:`OCCLUSION_THRESHOLD`."""
-    size = (int(cur.shape[-2]), int(cur.shape[-1]))
-    log_cur = F.log_softmax(cur, dim=1)
-    log_prev = F.log_softmax(warp(prev, flow), dim=1)
-    with torch.no_grad():
-        small = resize_to(image, size)
-        carried = warp(resize_to(prev_image, size), flow)
-        valid = ((small - carried).abs().mean(dim=1) < OCCLUSION_THRESHOLD).to(cur.dtype)
-    kl = lambda p, q: (p.exp() * (p - q)).sum(dim=1)  # noqa: E731  KL(p || q) per pixel, from log-probs
-    per_pixel = kl(log_prev.detach(), log_cur) + kl(log_cur.detach(), log_prev)
-    return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
-
-
 def tdnet_loss(
     model: TDNetModel,
     teacher: PerFrameModel | None,
     images: Tensor,
     labels: Tensor,
     class_weight: Tensor | None = None,
-    flows: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """The loss of one batch of clips ``images`` ``[T, B, 3, H, W]`` (see the module docstring).
+    """The loss of one batch of clips ``images`` ``[T, B, 3, H, W]`` labelled on the last frame.
 
-    ``flows`` ``[T, B, 2, h, w]``: reverse flow of each frame to the one before it, for the temporal term
-    (None leaves the term out). Returns ``loss``, ``ce`` (of the labelled frame's full output) and ``aux``
-    (the teacher's terms; 0 without a teacher).
+    Returns ``loss``, ``ce`` (of the full output) and ``aux`` (the teacher's terms; 0 without a teacher).
     """
     n = model.phases
     if images.shape[0] < clip_span(n) + 1:
         raise ValueError(f"TDNet clips need {clip_span(n) + 1} frames, got {images.shape[0]}")
-    last = images.shape[0] - 1
-    index = [last - 1, last]
+    index = [images.shape[0] - 1]
     for gap in torch.randint(1, 3, (n - 1,)).tolist():
         index.insert(0, index[0] - gap)
     start = int(torch.randint(0, n, ()).item())
-    (prev, full), sub, path = model.clip_logits([images[i] for i in index], start)
+    full, sub, path = model.clip_logits([images[i] for i in index], start)
     size = (int(images.shape[-2]), int(images.shape[-1]))
     up = lambda x: F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # noqa: E731
     ce = cross_entropy(up(full), labels[-1], class_weight)
-    loss = ce + cross_entropy(up(prev), labels[-2], class_weight)  # 0 where frame t-1 has no labels
-    loss = loss + SUB_WEIGHT * cross_entropy(up(sub), labels[-1], class_weight)
-    if flows is not None:
-        loss = loss + TEMPORAL_WEIGHT * temporal_consistency(full, prev, flows[-1], images[-1], images[-2])
+    loss = ce + SUB_WEIGHT * cross_entropy(up(sub), labels[-1], class_weight)
     kd = torch.zeros_like(ce)
     if teacher is not None:
         whole, parts = teacher_outputs(teacher, images[-1], n)
         kd = distillation(full, whole) + SUB_WEIGHT * distillation(sub, n * parts[path])
-        if PREV_KD:
-            kd = kd + distillation(prev, teacher_outputs(teacher, images[-2], n)[0])
     other = model.alone((path + 1 + int(torch.randint(0, n - 1, ()).item())) % n, images[-1])
     loss = loss + SUB_WEIGHT * cross_entropy(up(other), labels[-1], class_weight)
     loss = loss + AGREE_WEIGHT * (distillation(other, sub.detach()) + distillation(sub, other.detach()))

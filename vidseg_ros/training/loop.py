@@ -163,21 +163,19 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> Path | None:
     lo, hi = cfg.distances
     show = cfg.progress and env.is_main
     source: InMemoryClips | StreamingClips
-    with_flow = model.uses_motion or model.trains_on_flow
     if dataset.video and not cfg.in_memory:
         raise ValueError("video bags (codec motion) train in memory only: drop --augment full")
     if cfg.in_memory:
         # The node's preprocessing, on the CPU, once: frames and flows are then reused for every step.
-        prep = Segmenter(model, meta, device="cpu", input_size=size, flow_downscale=cfg.flow_downscale,
-                         with_flow=with_flow)
-        source = InMemoryClips(dataset, prep, with_flow=with_flow, distances=(lo, hi),
+        prep = Segmenter(model, meta, device="cpu", input_size=size, flow_downscale=cfg.flow_downscale)
+        source = InMemoryClips(dataset, prep, with_flow=model.uses_motion, distances=(lo, hi),
                                batch=cfg.batch, seed=cfg.seed, flip=cfg.augmentation == "flip" and cfg.flip,
                                rank=env.rank, world_size=env.world_size, progress=show)  # fmt: skip
     else:
         augment = AUGMENTS[cfg.augmentation]
         augment = replace(augment, flip=augment.flip and cfg.flip)
         source = StreamingClips(dataset, size=size, mean=meta.mean, std=meta.std, augment=augment,
-                                flow_downscale=cfg.flow_downscale if with_flow else None,
+                                flow_downscale=cfg.flow_downscale if model.uses_motion else None,
                                 distances=(lo, hi), batch=cfg.batch, seed=cfg.seed, workers=cfg.workers,
                                 rank=env.rank, world_size=env.world_size,
                                 pin_memory=env.device.type == "cuda")  # fmt: skip

@@ -187,7 +187,7 @@ class StageObjective(nn.Module):
     ) -> dict[str, Tensor]:
         model = self.model
         if isinstance(model, TDNetModel):
-            return tdnet_loss(model, self.teacher, images, labels, self.class_weight, flows)
+            return tdnet_loss(model, self.teacher, images, labels, self.class_weight)
         if images.shape[0] == 1 or not model.uses_motion:
             ce = cross_entropy(model(images[-1]), labels[-1], self.class_weight)
             return {"loss": ce, "ce": ce.detach(), "aux": torch.zeros_like(ce).detach()}
