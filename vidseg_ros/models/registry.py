@@ -173,7 +173,6 @@ def _tdnet(
     decoder_channels: int = DECODER_CHANNELS,
     paths: int = DEFAULT_PATHS,
     key_channels: int = DEFAULT_KEY_CHANNELS,
-    head_stride: int | None = None,
 ) -> TDNetModel:
     """TDNet: ``backbone``, ``width_mult`` and ``decoder_channels`` are each sub-network's."""
     return TDNetModel(
@@ -183,7 +182,6 @@ def _tdnet(
         decoder_channels=decoder_channels,
         paths=paths,
         key_channels=key_channels,
-        head_stride=head_stride,
     )
 
 

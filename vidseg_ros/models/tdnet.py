@@ -46,9 +46,6 @@ DEFAULT_SUBNETWORK = {
     "decoder_channels": SUB_DECODER_CHANNELS,
 }
 DEFAULT_KEY_CHANNELS = 16
-#: Experiment (reverted): 8 puts the head at stride 8 (the path's stride-4 smoothing conv and classifier on
-#: Norm(c + v_t), no c2 skip).
-DEFAULT_HEAD_STRIDE = 4
 #: Every DECIMATION-th row and column of a cached query, key or value is kept, or every d-th with the least
 #: d that keeps at most MAX_KEYS of them: the attention's cost grows with queries x keys, so without the
 #: bound it grew with the square of the input size (at 1024x512 it took 19.7 of a 114.9 ms PyTorch step).
@@ -168,10 +165,8 @@ class TDNetModel(VideoSegModel):
         decoder_channels: int = SUB_DECODER_CHANNELS,
         paths: int = DEFAULT_PATHS,
         key_channels: int = DEFAULT_KEY_CHANNELS,
-        head_stride: int | None = None,
     ) -> None:
         super().__init__()
-        self.head_stride = DEFAULT_HEAD_STRIDE if head_stride is None else head_stride
         if isinstance(paths, bool) or paths not in (2, 3, 4):
             raise ValueError(f"paths must be 2, 3 or 4, got {paths!r}")
         if isinstance(key_channels, bool) or not isinstance(key_channels, int) or key_channels < 1:
@@ -209,8 +204,7 @@ class TDNetModel(VideoSegModel):
     def config(self) -> dict[str, Any]:
         first = self.paths[0]
         assert isinstance(first, PerFrameModel)
-        return {**first.config(), "paths": self.phases, "key_channels": self.key_channels,
-                "head_stride": self.head_stride}
+        return {**first.config(), "paths": self.phases, "key_channels": self.key_channels}
 
     # ------------------------------------------------------------------------------------------ pieces
     def subnetwork(self, path: int, image: Tensor) -> tuple[Tensor, Tensor]:
@@ -226,8 +220,6 @@ class TDNetModel(VideoSegModel):
     def head(self, path: int, fused: Tensor, c2: Tensor) -> Tensor:
         """Path ``path``'s stride-4 logits from the recomposed features (``c + v_t``)."""
         dec = self.paths[path].decoder
-        if self.head_stride == 8:
-            return dec.classifier(dec.smooth["c2"](self.norms[path](fused)))
         x = merge(dec.lateral["c2"], dec.smooth["c2"], c2, self.norms[path](fused))
         return dec.classifier(x)
 
