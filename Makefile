@@ -50,6 +50,7 @@ CKPT       := out/ckpt
 TRAIN_BAGS := $(foreach s,1 2 3 4 5 6 7 8,--bag $(BAGS)/train_s$(s))
 TEST_BAGS  := $(foreach s,101 102 103,--bag $(BAGS)/test_s$(s))
 TRAIN      := $(VENV)/bin/vidseg train $(TRAIN_BAGS) --batch 8 --seed 0 --threads 1
+TRAIN_SEED := $(VENV)/bin/vidseg train $(TRAIN_BAGS) --batch 8 --threads 1 --seed
 TRAIN_H264 := $(VENV)/bin/vidseg train $(foreach s,1 2 3 4 5 6 7 8,--bag $(H264)/train_s$(s)) $(H264_TOPIC) --batch 8 --seed 0 --threads 1
 
 .PHONY: bags train results codec
@@ -95,6 +96,22 @@ foreign: bags
 results: bags
 	$(VENV)/bin/vidseg eval $(TEST_BAGS) --key-distance --label-propagation --threads 1 --json out/results.json --plot out/results.png \
 	  $(foreach m,perframe netwarp netwarp_c5p2 twnet twnet_separable twnet_warponly grfp tdnet4 tdnet2 perframe_shallow,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt)
+
+# The TDNet comparison over training seeds: its four recipes again with --seed 1 and 2 (the stage-1 models are
+# shared), evaluated with the shipped seed-0 checkpoints on six held-out bags (seeds 101-106). About 40 min.
+SEEDS := out/seeds
+.PHONY: seeds
+seeds: bags
+	for s in 104 105 106; do test -e $(BAGS)/test_s$$s || $(VENV)/bin/vidseg synth --seed $$s --frames 60 --out $(BAGS)/test_s$$s; done
+	for sd in 1 2; do \
+	  $(TRAIN_SEED) $$sd --method perframe --out $(SEEDS)/perframe_seed$$sd.pt --init $(CKPT)/perframe_s1.pt --steps 300 --lr 2e-4 && \
+	  $(TRAIN_SEED) $$sd --method perframe --out $(SEEDS)/perframe_shallow_seed$$sd.pt --init $(CKPT)/shallow_s1.pt --steps 300 --lr 2e-4 && \
+	  $(TRAIN_SEED) $$sd --method tdnet --paths 4 --out $(SEEDS)/td4_seed$$sd.pt --init $(CKPT)/shallow_s1.pt --teacher $(CKPT)/perframe_s1.pt --steps 300 && \
+	  $(TRAIN_SEED) $$sd --method tdnet --paths 2 --out $(SEEDS)/td2_seed$$sd.pt --init $(CKPT)/shallow_s1.pt --teacher $(CKPT)/perframe_s1.pt --steps 300 \
+	  || exit 1; done
+	$(VENV)/bin/vidseg eval $(foreach s,101 102 103 104 105 106,--bag $(BAGS)/test_s$(s)) --threads 1 --json $(SEEDS)/eval_seeds.json \
+	  $(foreach m,perframe tdnet4 tdnet2 perframe_shallow,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt) \
+	  $(foreach m,perframe td4 td2 perframe_shallow,$(foreach sd,1 2,--checkpoint $(SEEDS)/$(m)_seed$(sd).pt))
 
 # TWNet on codec motion: the held-out scenes as H.264, keyed on their I-frames, codec vectors as flow, decoding
 # charged to every method alike; the DIS-trained TWNet runs on the same codec motion for comparison.
