@@ -98,7 +98,8 @@ results: bags
 	  $(foreach m,perframe netwarp netwarp_c5p2 twnet twnet_separable twnet_warponly grfp tdnet4 tdnet2 perframe_shallow,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt)
 
 # The TDNet comparison over training seeds: its four recipes again with --seed 1 and 2 (the stage-1 models are
-# shared), evaluated with the shipped seed-0 checkpoints on six held-out bags (seeds 101-106). About 40 min.
+# shared; run `make train` first), evaluated with the shipped seed-0 checkpoints on six held-out bags (seeds
+# 101-106). About 40 min.
 SEEDS := out/seeds
 .PHONY: seeds
 seeds: bags
