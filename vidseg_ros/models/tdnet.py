@@ -15,9 +15,8 @@ column, in training as at test: the official code used 3 in training and 4 at te
 see :data:`MAX_KEYS`); q_t and v_t keep the full stride-8 size. ``Norm_p`` normalises each pixel over its
 channels (a fixed-shape LayerNorm would lock the input size). ``Head_p`` is path p's own stride-4 decoder
 stage and classifier, with ``Norm_p(c + v_t)`` in place of its ``p3``: the sub-network keeps its low-level
-detail. Until the cache holds N-1 frames the
-output is the cold start ``Head_p(Norm_p(v_t))``; the step computes it as ``c * full`` so that one
-exported graph serves both.
+detail. Until the cache holds N-1 frames the output is the cold start ``Head_p(Norm_p(v_t))``; the step
+computes it as ``c * full`` so that one exported graph serves both.
 
 State: ``query``/``key`` ``[B, (N-1) * dk, h, w]`` and ``value`` ``[B, (N-1) * D, h, w]`` (oldest first,
 decimated), ``count`` ``[1]`` (frames cached) and ``phase`` ``[1]`` (the path of the next frame). The
