@@ -185,3 +185,17 @@ def test_codec_flow_reaches_the_model(tiny_checkpoint):
         assert not r.is_key
         states.append(stream._history.state["p2"])
     assert states[0].shape == states[1].shape and not torch.allclose(states[0], states[1])
+
+
+def test_codec_frames_skip_the_flow_image_and_raw_frames_after_them_key(tiny_checkpoint):
+    """Frames that bring their decoder's motion are not prepared for DIS; a raw frame after them has no previous
+    image to compute DIS flow from, so it is a key frame, and the raw frame after it is not."""
+    model, meta = load_checkpoint(tiny_checkpoint("twnet"))
+    stream = Stream(Segmenter(model, meta, key_interval=12))
+    f = _frames(4)
+    keys = [stream.step(f[0], 0, motion=_codec(True)).is_key]
+    keys.append(stream.step(f[1], S // 10, motion=_codec(False)).is_key)
+    assert stream._history.frame.gray is None
+    keys += [stream.step(x, (i + 2) * S // 10).is_key for i, x in enumerate(f[2:])]
+    assert stream._history.frame.gray is not None
+    assert keys == [True, False, True, False]

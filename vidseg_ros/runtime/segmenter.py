@@ -148,8 +148,11 @@ class Segmenter:
     def uses_motion(self) -> bool:
         return self.flow is not None
 
-    def prepare(self, rgb: np.ndarray) -> FrameTensors:
-        """Resize, upload and normalise one ``[H, W, 3]`` uint8 RGB frame."""
+    def prepare(self, rgb: np.ndarray, *, for_flow: bool = True) -> FrameTensors:
+        """Resize, upload and normalise one ``[H, W, 3]`` uint8 RGB frame.
+
+        ``for_flow=False`` (a frame whose motion comes from its decoder) skips the small grey image DIS takes.
+        """
         small = resize_image(rgb, self.input_size)
         x = torch.from_numpy(small).to(self.device, non_blocking=True).permute(2, 0, 1)
         if self.device.type == "cpu":
@@ -161,7 +164,7 @@ class Segmenter:
         x = x.unsqueeze(0).float()
         image = (x - self._mean) / self._std
         gray = None
-        if self.flow is not None:
+        if self.flow is not None and for_flow:
             gray = flow_image(small, self.flow_size)
         return FrameTensors(image=image, gray=gray)
 

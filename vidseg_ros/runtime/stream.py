@@ -81,6 +81,8 @@ class Stream:
             return True
         if motion is not None and self.segmenter.uses_motion:  # codec motion: the I-frames are the key frames
             return motion.intra
+        if h.frame.gray is None and self.segmenter.uses_motion:  # after codec frames: no image for DIS
+            return True
         interval = self.segmenter.key_interval
         if interval == 1:
             return True
@@ -110,7 +112,7 @@ class Stream:
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
-        frame = seg.prepare(rgb)
+        frame = seg.prepare(rgb, for_flow=motion is None)
         tp = time.perf_counter()
         is_key = self._is_key(motion)
         flow = None
