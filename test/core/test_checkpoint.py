@@ -50,8 +50,11 @@ def test_pickled_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"format": "vidseg-checkpoint/1", "meta": Evil(), "state_dict": {}}, path)
-    with pytest.raises(CheckpointError, match="corrupt"):
+    with pytest.raises(CheckpointError, match="corrupt") as refused:
         load_checkpoint(path)
+    # One line, and not torch's advice to retry with weights_only=False, which would run the file's code.
+    assert "refused rather than unpickled" in str(refused.value)
+    assert "weights_only" not in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_unknown_method_and_mismatched_weights(tiny_checkpoint, tmp_path):

@@ -131,6 +131,9 @@ def test_resume_matches_an_uninterrupted_run(bag, tmp_path):
     old = {**half, "format": "vidseg-train-state/1"}
     torch.save(old, tmp_path / "old.pt.state")
     assert train(*args, "--out", tmp_path / "old.pt", "--resume") == 2
+    # A truncated state (a crash while copying it) fails with the usage code, not a traceback.
+    (tmp_path / "cut.pt.state").write_bytes((tmp_path / "full.pt.state").read_bytes()[:4000])
+    assert train(*args, "--out", tmp_path / "cut.pt", "--resume") == 2
 
 
 def test_netwarp_fine_tunes_from_perframe(bag, perframe, tmp_path):

@@ -16,6 +16,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from vidseg_ros.errors import load_problem
+
 #: Feature names, shallow to deep, with their stride.
 LEVELS: tuple[str, ...] = ("c1", "c2", "c3", "c4", "c5")
 STRIDES: dict[str, int] = {"c1": 2, "c2": 4, "c3": 8, "c4": 16, "c5": 32}
@@ -281,7 +283,7 @@ def load_pretrained_backbone(backbone: Backbone, path: str | os.PathLike[str]) -
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
-        raise PretrainedWeightsError(f"cannot read pretrained weights {path}: {e}") from e
+        raise PretrainedWeightsError(f"cannot read pretrained weights {path}: {load_problem(e)}") from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
