@@ -73,8 +73,15 @@ def test_first_frame_state_is_the_static_scores_and_steps_chain(frames) -> None:
         logits0, state0 = model.key_step(prev)
         static = model.static_scores(prev)
         logits1, state1 = model.nonkey_step(image, prev, flow, state0)
-    assert set(state0) == {"h"} and torch.equal(state0["h"], static)
+    assert set(state0) == {"h", "image"} and torch.equal(state0["h"], static)
     assert state0["h"].shape == (2, NUM_CLASSES, 16, 24) and state1["h"].shape == state0["h"].shape
+    # The state carries the previous frame pooled once to the scores' size; the step equals the unit on the
+    # full frames, and passes the current frame on pooled.
+    assert state0["image"].shape == (2, 3, 16, 24)
+    with torch.no_grad():
+        full = model.stgru(model.static_scores(image), static, image, prev, flow)
+    torch.testing.assert_close(state1["h"], full)
+    torch.testing.assert_close(state1["image"], torch.nn.functional.avg_pool2d(image, 4))
     assert logits0.shape == logits1.shape == (2, NUM_CLASSES, 64, 96)
     assert model.uses_motion and model.key_interval == 0 and model.method == "grfp"
 
