@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 State = dict[str, Tensor]
@@ -79,3 +81,18 @@ class VideoSegModel(nn.Module):
     def forward(self, image: Tensor) -> Tensor:
         """Single-image logits (the image model); used for training stage 1 and as a reference."""
         return self.key_step(image)[0]
+
+
+def scale_channels(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x * weight + bias`` with one weight (and bias) per channel of ``x`` ``[B, C, H, W]``.
+
+    In an ONNX export it is a depthwise 1x1 convolution, the same values: ONNX Runtime runs that in its blocked
+    (NCHWc) layout, so an upsampling or convolution after it stays blocked instead of converting the layout
+    and running the plain kernel. PyTorch eager keeps the product and sum, which is faster there (15 against
+    182 us for 48 channels at 40x30).
+    """
+    if torch.onnx.is_in_onnx_export():
+        c = int(x.shape[1])
+        return F.conv2d(x, weight.view(c, 1, 1, 1), bias, groups=c)
+    scaled = x * weight.view(1, -1, 1, 1)
+    return scaled if bias is None else scaled + bias.view(1, -1, 1, 1)

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidseg_ros.models.backbones import STRIDES as ENCODER_STRIDES
-from vidseg_ros.models.base import State, VideoSegModel
+from vidseg_ros.models.base import State, VideoSegModel, scale_channels
 from vidseg_ros.models.fpn import STRIDES as DECODER_STRIDES
 from vidseg_ros.models.perframe import DECODER_CHANNELS, LAYERS, PerFrameModel, load_image_weights
 from vidseg_ros.motion.warp import resize_flow, resize_to, warp
@@ -83,16 +82,10 @@ class NetWarpModule(nn.Module):
     def forward(self, z: Tensor, prev_z: Tensor, flow: Tensor, image: Tensor, prev_image: Tensor) -> Tensor:
         size = (int(z.shape[-2]), int(z.shape[-1]))
         warped = warp(prev_z, self.transformed_flow(flow, image, prev_image, size))
-        if torch.onnx.is_in_onnx_export():
-            # The per-channel weights as depthwise 1x1 convolutions, the same values: ONNX Runtime runs them and
-            # the sum in its blocked (NCHWc) layout, so the decoder's upsampling of the fused p4 runs blocked
-            # too. The non-key step took 32.8 against 33.5 ms at 640x480 and 10.1 against 10.5 ms at 320x240
-            # (1 thread, interleaved); the plain upsampling alone took 0.69 ms at 640x480.
-            c = int(z.shape[1])
-            return F.conv2d(z, self.w1.view(c, 1, 1, 1), groups=c) + F.conv2d(
-                warped, self.w2.view(c, 1, 1, 1), groups=c
-            )
-        return self.w1.view(1, -1, 1, 1) * z + self.w2.view(1, -1, 1, 1) * warped
+        # Exported as depthwise convolutions (scale_channels), the sum and the decoder's upsampling of the fused
+        # p4 stay in ONNX Runtime's blocked layout: the non-key step took 32.8 against 33.5 ms at 640x480 and
+        # 10.1 against 10.5 ms at 320x240 (1 thread, interleaved).
+        return scale_channels(z, self.w1) + scale_channels(warped, self.w2)
 
 
 def validate_layers(layers: Sequence[str]) -> tuple[str, ...]:
