@@ -1,8 +1,11 @@
-"""What every "one clear line" error message shares."""
+"""What every "one clear line" error message shares, and the weights-only loader whose failures they word."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import warnings
+from typing import Any
 
 
 def first_line(e: BaseException) -> str:
@@ -21,3 +24,14 @@ def load_problem(e: BaseException) -> str:
     if isinstance(e, pickle.UnpicklingError):
         return "not readable as tensors and plain data; refused rather than unpickled"
     return first_line(e).split(". ")[0]
+
+
+def load_tensors(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU: no pickled code runs. Torch's warnings about the
+    pickle protocol of files it then refuses are silenced, so a failure shows as one line
+    (:func:`load_problem` words it)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)

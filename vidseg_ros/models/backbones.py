@@ -13,10 +13,9 @@ import pickle
 from collections.abc import Callable
 from typing import ClassVar
 
-import torch
 from torch import Tensor, nn
 
-from vidseg_ros.errors import load_problem
+from vidseg_ros.errors import load_problem, load_tensors
 
 #: Feature names, shallow to deep, with their stride.
 LEVELS: tuple[str, ...] = ("c1", "c2", "c3", "c4", "c5")
@@ -281,7 +280,7 @@ def load_pretrained_backbone(backbone: Backbone, path: str | os.PathLike[str]) -
         PretrainedWeightsError: The file is unreadable, or keys are missing/unexpected, or shapes differ.
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path)
     except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
         raise PretrainedWeightsError(f"cannot read pretrained weights {path}: {load_problem(e)}") from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -19,7 +18,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from vidseg_ros.errors import load_problem
+from vidseg_ros.errors import load_problem, load_tensors
 from vidseg_ros.models.base import VideoSegModel
 
 FORMAT = "vidseg-checkpoint/1"
@@ -136,9 +135,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[ModelMeta, dict[str, 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_tensors(path)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt file; all mean the same
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a vidseg checkpoint ({load_problem(e)})"

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from vidseg_ros.classes import SYNTH_TABLE, ClassTable, load_classes_yaml
 from vidseg_ros.data.datasets import VideoDataset, open_dataset
 from vidseg_ros.data.datasets.bag import BagDataset
-from vidseg_ros.errors import load_problem
+from vidseg_ros.errors import load_problem, load_tensors
 from vidseg_ros.models.twnet import TWNetModel
 from vidseg_ros.runtime.checkpoint import atomic_torch_save, read_checkpoint, save_checkpoint
 from vidseg_ros.runtime.foreign import load_card
@@ -100,7 +100,7 @@ def load_state(
 ) -> tuple[int, float]:
     """Restores model and optimiser; returns ``(step, wall seconds so far)``."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt file; all mean the same
         raise ResumeError(f"cannot resume {path}: the file is corrupt ({load_problem(e)})") from e
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
