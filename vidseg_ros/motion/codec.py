@@ -68,35 +68,39 @@ def vectors_to_flow(
         and a bool ``[h, w]`` mask of the cells a past-reference vector covers. Uncovered cells are 0.
     """
     gh, gw = -(-height // cell), -(-width // cell)
-    flow = np.zeros((2, gh, gw), np.float32)
-    covered = np.zeros((gh, gw), bool)
+    flow = np.zeros((2, gh * gw), np.float32)
+    covered = np.zeros(gh * gw, bool)
     if vectors is None or len(vectors) == 0:
-        return flow, covered
+        return flow.reshape(2, gh, gw), covered.reshape(gh, gw)
     past = vectors[vectors["source"] < 0]
-    bw, bh = past["w"].astype(np.int32), past["h"].astype(np.int32)
-    x0 = (past["dst_x"].astype(np.int32) - bw // 2) // cell
-    y0 = (past["dst_y"].astype(np.int32) - bh // 2) // cell
+    # Indices in numpy's own index type and one flat row per flow component: numpy's fancy indexing takes
+    # its fast path then (0.49 against 0.77 ms a 640x480 frame with int32 indices into the 2-D array).
+    bw, bh = past["w"].astype(np.intp), past["h"].astype(np.intp)
+    x0 = (past["dst_x"].astype(np.intp) - bw // 2) // cell
+    y0 = (past["dst_y"].astype(np.intp) - bh // 2) // cell
     nx, ny = np.maximum(bw // cell, 1), np.maximum(bh // cell, 1)
     scale = np.maximum(past["motion_scale"].astype(np.float32), 1.0) * cell
-    vec = np.stack([past["motion_x"] / scale, past["motion_y"] / scale]).astype(np.float32)  # [2, blocks]
     # Every covered cell at once: block b covers nx[b] * ny[b] cells, enumerated row by row.
     reps = nx * ny
-    block = np.repeat(np.arange(len(past), dtype=np.int32), reps)
-    k = np.arange(int(reps.sum()), dtype=np.int32) - np.repeat(np.cumsum(reps) - reps, reps)
+    block = np.repeat(np.arange(len(past)), reps)
+    k = np.arange(len(block)) - np.repeat(np.cumsum(reps) - reps, reps)
     oy, ox = np.divmod(k, nx[block])
     ys, xs = y0[block] + oy, x0[block] + ox
     inside = (ys >= 0) & (ys < gh) & (xs >= 0) & (xs < gw)
-    cells = ys[inside] * gw + xs[inside]
-    flow.reshape(2, -1)[:, cells] = vec[:, block[inside]]
-    covered.reshape(-1)[cells] = True
-    return flow, covered
+    cells, block = ys[inside] * gw + xs[inside], block[inside]
+    flow[0, cells] = (past["motion_x"] / scale)[block]
+    flow[1, cells] = (past["motion_y"] / scale)[block]
+    covered[cells] = True
+    return flow.reshape(2, gh, gw), covered.reshape(gh, gw)
 
 
 def fill_missing(flow: np.ndarray, covered: np.ndarray) -> np.ndarray:
     """Gives each cell no vector covers (intra blocks, skipped data) the vector of its nearest covered cell.
 
     One distance transform with labels finds the nearest covered cell of every cell (0.04 ms on a 160x120
-    grid; a neighbour average grown a ring per round took 0.6 ms here). With no vector at all the flow is zero.
+    grid; a neighbour average grown a ring per round took 0.6 ms here), and one ``take`` per frame copies the
+    vectors (0.14 ms in all at 640x480, against 0.45 ms for the same gather by fancy indexing of the 2-D
+    array). With no vector at all the flow is zero.
     """
     if covered.all():
         return flow
@@ -106,8 +110,8 @@ def fill_missing(flow: np.ndarray, covered: np.ndarray) -> np.ndarray:
         (~covered).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
     )
     # Labels number the covered cells 1..n in raster order; every cell carries its nearest one's label.
-    vectors = flow.reshape(2, -1)[:, np.flatnonzero(covered)]
-    return np.ascontiguousarray(vectors[:, nearest.reshape(-1) - 1].reshape(flow.shape))
+    source = np.flatnonzero(covered)[nearest.reshape(-1) - 1]
+    return np.take(flow.reshape(2, -1), source, axis=1).reshape(flow.shape)
 
 
 @dataclass(frozen=True)
