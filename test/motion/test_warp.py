@@ -173,9 +173,46 @@ def test_clamped_form_exports_zero_padding_with_border_values() -> None:
     np.testing.assert_allclose(out, warp(x, flow).numpy(), atol=5e-5)
 
 
-@pytest.mark.parametrize(("size", "kernel"), [((4, 5), (4, 4)), ((2, 2), (8, 10)), ((1, 1), (16, 20))])
+@pytest.mark.parametrize(
+    ("size", "kernel"),
+    [
+        ((8, 10), (2, 2)),
+        ((16, 5), (1, 4)),
+        ((8, 20), (2, 1)),
+        ((4, 5), (4, 4)),
+        ((2, 2), (8, 10)),
+        ((1, 1), (16, 20)),
+    ],
+)
 def test_block_means_match_average_pooling(size: tuple[int, int], kernel: tuple[int, int]) -> None:
-    """Large blocks are averaged as two reductions (faster on CPUs): the same means as avg_pool2d."""
-    x = torch.randn(2, 3, 16, 20)
+    """Small blocks are summed from strided slices and large ones averaged as two reductions (both faster in
+    PyTorch on CPUs): the same means and gradients as avg_pool2d."""
+    x = torch.randn(2, 3, 16, 20, requires_grad=True)
     want = torch.nn.functional.avg_pool2d(x, kernel_size=kernel, stride=kernel)
-    torch.testing.assert_close(resize_to(x, size), want, atol=1e-6, rtol=1e-6)
+    got = resize_to(x, size)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    weights = torch.randn_like(want)
+    (want_grad,) = torch.autograd.grad((want * weights).sum(), x)
+    (got_grad,) = torch.autograd.grad((got * weights).sum(), x)
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+def test_small_blocks_export_as_average_pooling() -> None:
+    """ONNX Runtime pools faster than it sums strided slices, so exports keep AveragePool."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+
+    class Pool(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return resize_to(x, (8, 10))
+
+    x = torch.randn(1, 3, 16, 20)
+    buf = io.BytesIO()
+    torch.onnx.export(Pool(), (x,), buf, opset_version=17, dynamo=False, input_names=["x"])
+    ops = [n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node]
+    assert ops == ["AveragePool"]
+    (out,) = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy()}
+    )
+    np.testing.assert_allclose(out, resize_to(x, (8, 10)).numpy(), atol=1e-6)
