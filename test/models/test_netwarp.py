@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_models import NUM_CLASSES, TINY
 
-from vidseg_ros.models.netwarp import FlowCNN, NetWarpModel
+from vidseg_ros.models.netwarp import POOLED_IMAGE, FlowCNN, NetWarpModel
 from vidseg_ros.models.perframe import PerFrameModel
 
 
@@ -33,7 +33,7 @@ def test_equals_image_model_at_init(
     with torch.no_grad():
         ref = image_model(image)
         key_logits, state = model.key_step(prev)
-        assert set(state) == set(layers)
+        assert set(state) == {*layers, POOLED_IMAGE}
         torch.testing.assert_close(model.key_step(image)[0], ref, rtol=0, atol=0)
         logits, new_state = model.nonkey_step(image, prev, flow, state)
     torch.testing.assert_close(logits, ref, rtol=0, atol=0)
@@ -47,6 +47,40 @@ def test_state_shapes_and_defaults(frames: tuple[torch.Tensor, ...]) -> None:
     _, state = model.key_step(image)
     assert state["c5"].shape == (2, 1280, 2, 3)
     assert state["p4"].shape == (2, 16, 4, 6)
+    assert state[POOLED_IMAGE].shape == (2, 3, 4, 6)  # block means at p4's stride, 16
+
+
+@pytest.mark.parametrize(
+    ("layers", "size"), [(("c5", "p4"), (64, 96)), (("c5", "p2"), (64, 96)), (("c5",), (50, 70))]
+)
+def test_state_carries_the_pooled_frame_that_the_next_step_reads(
+    layers: tuple[str, ...], size: tuple[int, int]
+) -> None:
+    """Each frame is pooled once: the state carries it as the FlowCNNs see it, and the next step reads that
+    instead of pooling the previous frame again (which it reads only when the strides do not divide the size)."""
+    torch.manual_seed(0)
+    model = NetWarpModel(num_classes=NUM_CLASSES, layers=layers, **TINY["mobilenetv2"]).eval()
+    with torch.no_grad():
+        for module in model.netwarp.values():  # a FlowCNN and fusion that read the images
+            module.w2.fill_(0.5)
+            module.flow_cnn.out.weight.normal_(std=0.1)
+    frames = [torch.rand(1, 3, *size) for _ in range(3)]
+    flows = [torch.randn(1, 2, size[0] // 2, size[1] // 2) for _ in range(3)]
+    divides = size[0] % 32 == 0 and size[1] % 32 == 0
+    with torch.no_grad():
+        _, state = model.key_step(frames[0])
+        for t in (1, 2):
+            image, prev, flow = frames[t], frames[t - 1], flows[t]
+            torch.testing.assert_close(state[POOLED_IMAGE], model.pooled(prev), rtol=0, atol=0)
+            logits, next_state = model.nonkey_step(image, prev, flow, state)
+            if divides:
+                unread = model.nonkey_step(image, torch.zeros_like(prev), flow, state)[0]
+                torch.testing.assert_close(unread, logits, rtol=0, atol=0)
+                other = {**state, POOLED_IMAGE: state[POOLED_IMAGE] + 0.5}
+                assert not torch.equal(model.nonkey_step(image, prev, flow, other)[0], logits)
+            else:
+                assert state[POOLED_IMAGE].shape[-2:] == size  # the frame itself
+            state = next_state
 
 
 def test_gradients_reach_every_parameter(frames: tuple[torch.Tensor, ...]) -> None:
