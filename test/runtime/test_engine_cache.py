@@ -20,6 +20,7 @@ KEY = EngineKey(
     tensorrt_version="10.13.3",
     gpu_name="NVIDIA Orin",
     compute_capability="8.7",
+    code_hash="ef" * 32,
 )
 
 CHANGES = {
@@ -31,6 +32,7 @@ CHANGES = {
     "tensorrt_version": "10.14.1",
     "gpu_name": "NVIDIA GeForce RTX 4090",
     "compute_capability": "8.9",
+    "code_hash": "01" * 32,
 }
 
 
@@ -80,8 +82,9 @@ def test_changing_any_key_field_misses(tmp_path: Path, field: str, caplog: pytes
     assert result.status in ("built", "rebuilt") and rec.builds[-1] == other
     # The loader only ever saw the artifact built for the requested key.
     assert rec.loads[-1].startswith(b"ENGINE " + other.digest().encode())
-    if field.endswith("_version"):
-        # A toolchain upgrade lands in the same slot: the old entry is reported stale and replaced.
+    if field.endswith("_version") or field == "code_hash":
+        # A toolchain upgrade or other model code lands in the same slot: the old entry is reported stale and
+        # replaced.
         assert result.status == "rebuilt" and result.reason.startswith(f"stale: {field}")
         assert "stale" in caplog.text and "rebuilding" in caplog.text
         assert rec.get(cache, other).status == "hit"
@@ -214,3 +217,17 @@ def test_default_dir_follows_environment(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv("VIDSEG_ENGINE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert EngineCache().root == tmp_path / "xdg" / "vidseg_ros" / "engines"
+
+
+def test_code_hash_follows_the_code_that_shapes_a_step(tmp_path: Path) -> None:
+    """Engines are keyed by the model and step code and the backend's builder: editing any of them makes a
+    cached engine stale (a state with other keys would no longer fit the engine)."""
+    from vidseg_ros.runtime import steps
+
+    builder = tmp_path / "builder.py"
+    builder.write_text("x = 1\n")
+    first = steps.code_hash(builder)
+    assert steps.code_hash(builder) == first and len(first) == 64
+    builder.write_text("x = 2\n")
+    assert steps.code_hash(builder) != first
+    assert steps.code_hash() != steps.code_hash(builder)

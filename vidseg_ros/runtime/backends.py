@@ -43,6 +43,7 @@ from vidseg_ros.runtime.steps import (
     FlatKeyStep,
     FlatNonKeyStep,
     StepSpec,
+    code_hash,
     default_flow_hw,
     model_fingerprint,
     nonkey_inputs,
@@ -321,6 +322,7 @@ class TensorRTBackend:
             step=spec.name,
             input_shapes=spec.input_shapes,
             precision=self.precision,
+            code_hash=code_hash(__file__),
             **self._env,
         )
 

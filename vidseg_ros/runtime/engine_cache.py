@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 FORMAT = "vidseg-engine-cache/1"
 T = TypeVar("T")
 
-#: Fields that pick the slot; the remaining ones (toolchain versions) only decide whether it is stale.
+#: Fields that pick the slot; the remaining ones (toolchain versions, code) only decide whether it is stale.
 _SLOT_FIELDS = ("model_hash", "step", "input_shapes", "precision", "gpu_name", "compute_capability")
 
 
@@ -77,6 +77,8 @@ class EngineKey:
         torch_tensorrt_version, tensorrt_version: Compiler and runtime versions.
         gpu_name: ``torch.cuda.get_device_name()``.
         compute_capability: ``"major.minor"``.
+        code_hash: :func:`~vidseg_ros.runtime.steps.code_hash` of the compiling backend: an engine built by
+            other model or step code (e.g. a state with other keys) is stale.
     """
 
     model_hash: str
@@ -87,6 +89,7 @@ class EngineKey:
     tensorrt_version: str
     gpu_name: str
     compute_capability: str
+    code_hash: str
 
     def __post_init__(self) -> None:
         shapes = tuple(tuple(int(d) for d in s) for s in self.input_shapes)

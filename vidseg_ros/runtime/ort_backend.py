@@ -22,7 +22,6 @@ the host cost about twice as much. ``labels=False`` keeps the logits (parity che
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import logging
 import platform
@@ -47,7 +46,7 @@ from vidseg_ros.runtime.engine_cache import (
     slot_name,
 )
 from vidseg_ros.runtime.onnx_export import export_onnx
-from vidseg_ros.runtime.steps import StepSpec, model_fingerprint, nonkey_name, step_specs
+from vidseg_ros.runtime.steps import StepSpec, code_hash, model_fingerprint, nonkey_name, step_specs
 
 log = logging.getLogger(__name__)
 
@@ -156,20 +155,8 @@ def gpu_identity(device: torch.device) -> str:
 
 @functools.cache
 def export_code_hash() -> str:
-    """SHA-256 of the code that shapes the exported graph: the models, the warp, the steps, the exporter and
-    this builder.
-
-    The checkpoint hash alone would keep serving a cached graph after a change to the model code.
-    """
-    package = Path(__file__).resolve().parents[1]
-    files = sorted([*package.glob("models/*.py"), *package.glob("motion/*.py")])
-    files += [package / "runtime" / name for name in ("steps.py", "onnx_export.py")]
-    files.append(Path(__file__).resolve())
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    """:func:`~vidseg_ros.runtime.steps.code_hash` of this backend: its exporter and this builder."""
+    return code_hash(Path(__file__).with_name("onnx_export.py"), __file__)
 
 
 def ort_cache(cache_dir: str | Path | None = None) -> EngineCache:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -153,4 +154,21 @@ def model_fingerprint(model: VideoSegModel) -> str:
     for name, t in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def code_hash(*builders: str | Path) -> str:
+    """SHA-256 of the code that shapes a compiled step: the models, the warp and motion code, these flat steps,
+    and the ``builders`` (the modules that export or compile them for one backend).
+
+    An engine cache keyed by the checkpoint alone would keep serving a graph after a change to this code, for
+    example a model whose state gains a key.
+    """
+    package = Path(__file__).resolve().parents[1]
+    files = sorted([*package.glob("models/*.py"), *package.glob("motion/*.py")])
+    files += [Path(__file__).resolve(), *(Path(b).resolve() for b in builders)]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
