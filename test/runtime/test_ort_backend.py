@@ -3,6 +3,7 @@ corrupt), and how ``auto`` picks it on a CPU or falls back to PyTorch with the r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -225,9 +226,7 @@ def test_corrupt_entry_is_rebuilt_never_loaded(tmp_path: Path, damage: str, expo
         path.write_bytes(b"\x00not an onnx model" * (len(data) // 18))
         manifest_path = path.with_suffix(".json")
         manifest = json.loads(manifest_path.read_text())
-        manifest.update(
-            size=path.stat().st_size, sha256=ort_backend.hashlib.sha256(path.read_bytes()).hexdigest()
-        )
+        manifest.update(size=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
         manifest_path.write_text(json.dumps(manifest))
     loaded: list[Path] = []
     again = OrtBackend(model, threads=1, cache=ort_cache(tmp_path), model_hash="m")
