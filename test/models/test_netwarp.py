@@ -6,7 +6,8 @@ import pytest
 import torch
 from tiny_models import NUM_CLASSES, TINY
 
-from vidseg_ros.models.netwarp import POOLED_IMAGE, FlowCNN, NetWarpModel
+from vidseg_ros.models.base import POOLED_IMAGE
+from vidseg_ros.models.netwarp import FlowCNN, NetWarpModel
 from vidseg_ros.models.perframe import PerFrameModel
 
 

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from tiny_models import NUM_CLASSES, TINY
 from torch.utils.flop_counter import FlopCounterMode
 
+from vidseg_ros.models.base import POOLED_IMAGE
 from vidseg_ros.models.perframe import PerFrameModel
-from vidseg_ros.models.twnet import CFR_KINDS, DEFAULT_WARP_LAYER, POOLED_IMAGE, BottleneckCFR, TWNetModel
+from vidseg_ros.models.twnet import CFR_KINDS, DEFAULT_WARP_LAYER, BottleneckCFR, TWNetModel
 
 STATE_SHAPES = {1: ("p4", (2, 16, 4, 6)), 2: ("p3", (2, 16, 8, 12)), 3: ("p2", (2, 16, 16, 24))}
 

@@ -13,7 +13,7 @@ import torch
 from runtime_models import METHODS, expected_steps, nonkey_step_name, tiny_model
 
 from vidseg_ros.cli import main as vidseg
-from vidseg_ros.models.twnet import POOLED_IMAGE
+from vidseg_ros.models.base import POOLED_IMAGE
 from vidseg_ros.runtime.checkpoint import load_checkpoint
 from vidseg_ros.runtime.steps import step_specs
 from vidseg_ros.tools.export import relative_error
@@ -128,7 +128,8 @@ def test_onnx_matches_torch_over_five_frames(
         ort_state = list(got[1:])
     if method != "perframe":
         # The state really carries history: it differs from what a key frame on the last image gives (except
-        # the copy of the last frame that TWNet's bottleneck CFR keeps, and TDNet's next path, 1 both times).
+        # the pooled copy of the last frame that GRFP, TWNet and NetWarp keep, and TDNet's next path, 1 both
+        # times).
         with torch.no_grad():
             _, fresh = model.key_step(frames[-1])
         carried = [k for k in keys if k not in (POOLED_IMAGE, "phase")]

@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 State = dict[str, Tensor]
+#: State key under which GRFP, TWNet (bottleneck correction) and NetWarp carry the frame pooled as their next
+#: step compares it with the current one, so that each frame is pooled once.
+POOLED_IMAGE = "image"
 
 
 class VideoSegModel(nn.Module):

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vidseg_ros.models.base import State, VideoSegModel
+from vidseg_ros.models.base import POOLED_IMAGE, State, VideoSegModel
 from vidseg_ros.models.fpn import upsample_logits
 from vidseg_ros.models.perframe import DECODER_CHANNELS, PerFrameModel, load_image_weights
 from vidseg_ros.motion.warp import resize_to, warp
@@ -46,9 +46,6 @@ DEFAULT_KERNEL = 3
 IDENTITY_GAIN = 6.0
 INIT_LAMBDA = 2.0
 INIT_NOISE = 1e-3
-#: State key of the previous frame pooled to the scores' size, which the STGRU's residual compares with the
-#: current frame's.
-POOLED_IMAGE = "image"
 
 
 def centred_softmax(scores: Tensor) -> Tensor:

@@ -21,16 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from vidseg_ros.models.backbones import STRIDES as ENCODER_STRIDES
-from vidseg_ros.models.base import State, VideoSegModel, scale_channels
+from vidseg_ros.models.base import POOLED_IMAGE, State, VideoSegModel, scale_channels
 from vidseg_ros.models.fpn import STRIDES as DECODER_STRIDES
 from vidseg_ros.models.perframe import DECODER_CHANNELS, LAYERS, PerFrameModel, load_image_weights
 from vidseg_ros.motion.warp import resize_flow, resize_to, warp
 
 #: Default insertion layers: the deepest context features and the decoder output.
 DEFAULT_LAYERS: tuple[str, ...] = ("c5", "p4")
-#: State key of the frame pooled to the finest insertion layer's stride, which the next step's FlowCNNs read
-#: as the previous frame.
-POOLED_IMAGE = "image"
 
 
 class FlowCNN(nn.Module):

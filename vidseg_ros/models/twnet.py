@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidseg_ros.models.backbones import LEVELS
-from vidseg_ros.models.base import State, VideoSegModel
+from vidseg_ros.models.base import POOLED_IMAGE, State, VideoSegModel
 from vidseg_ros.models.fpn import DECODER_LEVELS, LATERAL_OF, merge, upsample_logits
 from vidseg_ros.models.perframe import DECODER_CHANNELS, PerFrameModel, load_image_weights
 from vidseg_ros.motion.warp import resize_to, warp
@@ -71,8 +71,6 @@ DEFAULT_KEY_INTERVAL = 12
 #: CFR designs (see the module docstring): ``separable`` over NKFC stem features, ``bottleneck`` over the
 #: pooled frame.
 CFR_KINDS = ("separable", "bottleneck")
-#: State key of the previous frame pooled to the warp point (bottleneck CFR only).
-POOLED_IMAGE = "image"
 #: Layer 3 is the one that keeps the measured average cost at key interval 12 under 0.6x per-frame on a CPU
 #: (model step 0.54x, whole pipeline 0.60x with MobileNetV2 x0.5 at 320x240; Layer 2's pipeline measured
 #: 0.82x, because the stride-2 and stride-4 stages it recomputes take 58% of the per-frame time and are
