@@ -118,13 +118,18 @@ class SequenceMetrics:
             self._prev = (pred, gray)
 
     def summary(self, class_names: Sequence[str]) -> dict[str, object]:
-        per_class = iou_per_class(self.cm)
+        """Scores, plus per class (name -> value, None for a class absent from both sides): the IoU, and the
+        TC, whose mean is ``tc``; it shows which classes flicker."""
+
+        def by_class(cm: np.ndarray) -> dict[str, float | None]:
+            values = iou_per_class(cm)
+            return {n: (None if np.isnan(v) else float(v)) for n, v in zip(class_names, values, strict=False)}
+
         return {
             "frames": self.frames,
             "miou": mean_iou(self.cm),
             "trimap_iou": mean_iou(self.cm_trimap),
             "tc": mean_iou(self.cm_tc) if self.cm_tc.any() else float("nan"),
-            "per_class_iou": {
-                n: (None if np.isnan(v) else float(v)) for n, v in zip(class_names, per_class, strict=False)
-            },
+            "per_class_iou": by_class(self.cm),
+            "per_class_tc": by_class(self.cm_tc) if self.cm_tc.any() else dict.fromkeys(class_names),
         }

@@ -51,3 +51,21 @@ def test_sequence_metrics_perfect_and_flicker():
     s, f = steady.summary(["a", "b"]), flicker.summary(["a", "b"])
     assert s["miou"] == 1.0 and s["trimap_iou"] == 1.0 and s["tc"] == pytest.approx(1.0)
     assert f["tc"] < 0.9 and f["miou"] < 1.0
+
+
+def test_per_class_tc_names_the_class_that_flickers():
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    gt = np.zeros((48, 64), np.uint8)
+    gt[:, 20:40], gt[:, 40:] = 1, 2
+    metrics = SequenceMetrics(3)
+    for t in range(4):
+        pred = gt.copy()
+        if t % 2:
+            pred[:, 36:44] = 2 if t == 1 else 1  # classes 1 and 2 trade a band; class 0 never changes
+        metrics.update(pred, gt, base)
+    s = metrics.summary(["a", "b", "c"])
+    tc = s["per_class_tc"]
+    assert tc["a"] == pytest.approx(1.0) and tc["b"] < 0.9 and tc["c"] < 0.9
+    assert np.mean(list(tc.values())) == pytest.approx(s["tc"])
+    assert SequenceMetrics(3).summary(["a", "b", "c"])["per_class_tc"] == {"a": None, "b": None, "c": None}

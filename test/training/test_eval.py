@@ -22,7 +22,7 @@ from vidseg_ros.training.objectives import build_stage_model
 
 FRAMES = 10
 RESULT_KEYS = {
-    "checkpoint", "method", "input_size", "key_interval", "frames", "miou", "tc", "trimap_iou", "per_class_iou",
+    "checkpoint", "method", "input_size", "key_interval", "frames", "miou", "tc", "trimap_iou", "per_class_iou", "per_class_tc",
     "ms_per_frame", "ms_key", "ms_nonkey", "stage_ms", "per_sequence", "key_frames", "nonkey_frames",
 }  # fmt: skip
 
@@ -78,13 +78,24 @@ def test_eval_reports_json_table_and_plot(setup, capsys):
         assert any(
             line.startswith(f"| {cls} |") and line.endswith(f" | {cell} |") for line in table.splitlines()
         )
+    assert "| class (TC) | perframe | twnet |" in table
+    tc_rows = table.split("| class (TC) |")[1].splitlines()
+    for cls, tc in report["results"][0]["per_class_tc"].items():  # the TC table's perframe column
+        cell = "n/a" if tc is None else f"{100 * tc:.1f}"
+        assert any(line.startswith(f"| {cls} | {cell} |") for line in tc_rows)
     assert report["data"]["bags"] == [str(setup["bag0"]), str(setup["bag1"])]
     perframe, twnet = report["results"]
     for r in (perframe, twnet):
         assert RESULT_KEYS <= r.keys()
         assert r["frames"] == 2 * FRAMES and len(r["per_sequence"]) == 2
         assert 0.0 <= r["miou"] <= 1.0 and 0.0 <= r["tc"] <= 1.0 and 0.0 <= r["trimap_iou"] <= 1.0
-        assert set(r["per_class_iou"]) == set(load_checkpoint(setup["perframe"])[1].classes)
+        assert (
+            set(r["per_class_iou"])
+            == set(r["per_class_tc"])
+            == set(load_checkpoint(setup["perframe"])[1].classes)
+        )
+        scored = [v for v in r["per_class_tc"].values() if v is not None]
+        assert np.mean(scored) == pytest.approx(r["tc"])
         assert r["ms_per_frame"] > 0 and r["ms_key"] > 0
     assert perframe["method"] == "perframe" and perframe["ms_nonkey"] is None
     assert perframe["key_frames"] == 2 * FRAMES and list(perframe["key_distance"]) == ["0"]

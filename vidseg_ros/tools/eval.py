@@ -9,7 +9,8 @@ Examples::
 Each checkpoint runs over each sequence (a bag, a Cityscapes snippet, a video) frame by frame through ``runtime.Stream`` (as the node does); the
 checkpoints are interleaved frame by frame, so their times compare within the run. The JSON holds, per
 checkpoint: ``miou``, ``tc``, ``trimap_iou``, ``per_class_iou`` (name -> IoU, null for a class with neither
-ground truth nor prediction, left out of the mean), ``labelled_frames``, ``ms_per_frame``, ``ms_key``,
+ground truth nor prediction, left out of the mean), ``per_class_tc`` (name -> TC, whose mean is ``tc``: which
+classes flicker), ``labelled_frames``, ``ms_per_frame``, ``ms_key``,
 ``ms_nonkey``, ``ms_p95``, ``stage_ms``, ``per_sequence`` and, with ``--key-distance``, ``key_distance``
 (``{"0": {"miou", "per_class_iou", "frames"}, "1": ...}``). ``--label-propagation`` adds a top-level
 ``label_propagation`` (the same per-distance layout, for ground truth carried by the flow alone). Markdown
@@ -103,14 +104,15 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def class_table(results: Sequence[dict[str, Any]], label: str = "class") -> str:
-    """Per-class IoU (%), one column per result: ``| class | name1 | name2 | ... |``."""
+def class_table(results: Sequence[dict[str, Any]], label: str = "class", key: str = "per_class_iou") -> str:
+    """Per-class IoU (or another per-class score, ``key``) in %, one column per result:
+    ``| class | name1 | name2 | ... |``."""
     lines = [
         f"| {label} | " + " | ".join(r["name"] for r in results) + " |",
         "|---|" + "---:|" * len(results),
     ]
-    for cls in results[0]["per_class_iou"]:
-        cells = " | ".join(_pct(r["per_class_iou"].get(cls)) for r in results)
+    for cls in results[0][key]:
+        cells = " | ".join(_pct(r[key].get(cls)) for r in results)
         lines.append(f"| {cls} | {cells} |")
     return "\n".join(lines)
 
@@ -266,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
     print(markdown_table(results))
     print()
     print(class_table(results))
+    print()
+    print(class_table(results, label="class (TC)", key="per_class_tc"))
     if propagation is not None:
         print()
         print(propagation_table(propagation))

@@ -200,6 +200,7 @@ class _Run:
             "nonkey_frames": len(self.nonkey_ms),
             **_scores(summary),
             "per_class_iou": summary["per_class_iou"],
+            "per_class_tc": summary["per_class_tc"],
             "ms_per_frame": _mean(all_ms),
             "ms_key": _mean(self.key_ms),
             "ms_nonkey": _mean(self.nonkey_ms),
