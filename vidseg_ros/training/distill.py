@@ -26,7 +26,6 @@ path alone on every frame gave 76.0 TC, the paths alternating 69.6 and the full 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -37,29 +36,7 @@ from vidseg_ros.models.fpn import upsample_like
 from vidseg_ros.models.perframe import PerFrameModel
 from vidseg_ros.models.tdnet import TDNetModel
 from vidseg_ros.runtime.checkpoint import load_checkpoint
-from vidseg_ros.training.losses import cross_entropy as _plain_ce
-
-_KD = float(os.environ.get("TDNET_KD_WEIGHT", "1"))
-_OHEM = os.environ.get("TDNET_OHEM") == "1"
-
-
-def cross_entropy(logits, labels, weight=None):
-    if not _OHEM:
-        return _plain_ce(logits, labels, weight)
-    from vidseg_ros.classes import IGNORE_INDEX
-
-    per = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none").reshape(-1)
-    valid = (labels != IGNORE_INDEX).reshape(-1)
-    per = per[valid]
-    if per.numel() == 0:
-        return logits.sum() * 0
-    thresh = -torch.log(torch.tensor(0.7))
-    min_kept = max(1, per.numel() // 16)
-    hard = per[per > thresh]
-    if hard.numel() < min_kept:
-        hard = torch.topk(per, min_kept).values
-    return hard.mean()
-
+from vidseg_ros.training.losses import cross_entropy
 
 SUB_WEIGHT = 0.5
 #: w: weight of each direction of the agreement between two paths' own outputs.
@@ -141,4 +118,4 @@ def tdnet_loss(
     other = model.alone((path + 1 + int(torch.randint(0, n - 1, ()).item())) % n, images[-1])
     loss = loss + SUB_WEIGHT * cross_entropy(up(other), labels[-1], class_weight)
     loss = loss + AGREE_WEIGHT * (distillation(other, sub.detach()) + distillation(sub, other.detach()))
-    return {"loss": loss + _KD * kd, "ce": ce.detach(), "aux": kd.detach()}
+    return {"loss": loss + kd, "ce": ce.detach(), "aux": kd.detach()}
