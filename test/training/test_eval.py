@@ -183,3 +183,23 @@ def test_eval_rejects_bad_input(setup, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main([*base, "--checkpoint", str(setup["perframe"]), "--key-interval", "0"]) == 2
     assert not (tmp_path / "e.json").exists()
+
+
+def test_warm_up_builds_every_step_so_none_loads_while_timed(setup, tiny_checkpoint, tmp_path):
+    """An onnxruntime TDNet has a session per sub-network; each must be ready before the timed frames."""
+    pytest.importorskip("onnxruntime")
+    from vidseg_ros.runtime.ort_backend import OrtBackend, ort_cache
+    from vidseg_ros.runtime.steps import step_names
+    from vidseg_ros.training.evaluate import _warm_up, as_dataset
+
+    model, meta = load_checkpoint(tiny_checkpoint("tdnet"))
+    backend = OrtBackend(model, threads=1, cache=ort_cache(tmp_path))
+    segmenter = Segmenter(model, meta, backend=backend, input_size=(96, 64))
+    dataset = as_dataset([setup["bag0"]], meta.classes, meta.palette)
+    _warm_up(segmenter, dataset)
+    assert {name for name, *_ in backend._steps} == set(step_names(model)) and len(step_names(model)) == 5
+    built = len(backend.results)
+    stream = Stream(segmenter)
+    for frame in dataset.iter_frames(dataset.sequences[0]):
+        stream.step(frame.image, frame.stamp_ns, frame_id=frame.frame_id)
+    assert len(backend.results) == built  # no session was loaded during the frames eval times

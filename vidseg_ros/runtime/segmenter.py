@@ -148,6 +148,13 @@ class Segmenter:
     def uses_motion(self) -> bool:
         return self.flow is not None
 
+    def prepare_backend(self) -> None:
+        """Builds (or loads) every step the backend runs at this inference size: exports and sessions, or CUDA
+        graphs, happen now rather than at the first frame that takes each step."""
+        w, h = self.input_size
+        fw, fh = self.flow_size
+        self.backend.prepare((h, w), (fh, fw) if self.uses_motion else None)
+
     def prepare(self, rgb: np.ndarray, *, for_flow: bool = True) -> FrameTensors:
         """Resize, upload and normalise one ``[H, W, 3]`` uint8 RGB frame.
 
