@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from vidseg_ros.errors import first_line
 from vidseg_ros.models.base import State, VideoSegModel
+from vidseg_ros.models.folding import fold_batch_norms
 from vidseg_ros.runtime.backend_api import PRECISIONS, Backend, BackendUnavailable
 from vidseg_ros.runtime.backend_api import check_precision as _check_precision
 from vidseg_ros.runtime.engine_cache import CacheResult, EngineCache, EngineKey
@@ -61,9 +62,16 @@ TRT_SUFFIX = ".ep"
 
 
 class EagerBackend:
-    """PyTorch eager on the CPU (fp32)."""
+    """PyTorch eager on the CPU (fp32).
+
+    The steps run on a copy of the model with its batch norms folded into the convolutions
+    (:func:`~vidseg_ros.models.folding.fold_batch_norms`), made at the first step: the same masks, and on
+    this 2-core CPU 10-25% less time a step (TD4 and the per-frame model at 320x240, one thread).
+    """
 
     name: ClassVar[str] = "cpu"
+    #: Whether the steps run on the folded copy.
+    fold: ClassVar[bool] = True
 
     def __init__(
         self, model: VideoSegModel, *, precision: str = "fp32", reason: str = "", device: str = "cpu"
@@ -72,19 +80,27 @@ class EagerBackend:
         self.reason = reason or f"requested {self.name}"
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self._runner: VideoSegModel | None = None
+
+    @property
+    def runner(self) -> VideoSegModel:
+        """The module the steps run: the folded copy (built at the first call), or the model itself."""
+        if self._runner is None:
+            self._runner = fold_batch_norms(self.model) if self.fold else self.model
+        return self._runner
 
     def prepare(self, image_hw: tuple[int, int], flow_hw: tuple[int, int] | None = None) -> None:
         return None
 
     @torch.inference_mode()
     def key_step(self, image: Tensor) -> tuple[Tensor, State]:
-        return self.model.key_step(image)
+        return self.runner.key_step(image)
 
     @torch.inference_mode()
     def nonkey_step(
         self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
     ) -> tuple[Tensor, State]:
-        return self.model.nonkey_step(image, prev_image, flow, state)
+        return self.runner.nonkey_step(image, prev_image, flow, state)
 
 
 class OwnRuntimeBackend(EagerBackend):
@@ -92,6 +108,7 @@ class OwnRuntimeBackend(EagerBackend):
     unit over it in PyTorch), so there is nothing to export or compile."""
 
     name: ClassVar[str] = "onnxruntime"
+    fold: ClassVar[bool] = False  # the session cannot be copied, and its runtime folds its own graph
 
 
 def _own_runtime_reason(model: VideoSegModel, requested: str) -> str:
@@ -125,6 +142,8 @@ class CudaBackend(EagerBackend):
     """
 
     name: ClassVar[str] = "cuda"
+    #: Its steps run the model as is: folding has not been measured on a GPU.
+    fold: ClassVar[bool] = False
     MAX_GRAPHS = 8
 
     def __init__(
