@@ -61,6 +61,16 @@ def test_round_trip_every_encoding(smooth, grey, encoding):
         assert err[1:-1, 1:-1].max() <= 3 and err.mean() < 0.5, (err.max(), err.mean())
 
 
+@pytest.mark.parametrize("encoding", SUPPORTED_ENCODINGS)
+def test_a_single_channel_array_encodes_as_its_grey_image(grey, encoding):
+    """A mask ``[H, W]`` packs as the grey RGB image of it does (mono8 takes its bytes as they are)."""
+    view = grey[:, :, 0]  # not contiguous: every third byte
+    data, step = encode_image(view, encoding)
+    assert (data, step) == encode_image(grey, encoding)
+    if encoding == "mono8":
+        assert data == np.ascontiguousarray(view).tobytes() and step == W
+
+
 @pytest.mark.parametrize("encoding", [e for e in SUPPORTED_ENCODINGS if e not in MONO])
 def test_pure_colours_keep_their_channel(encoding):
     for colour in ([255, 0, 0], [0, 255, 0], [0, 0, 255]):
