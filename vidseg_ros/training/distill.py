@@ -79,30 +79,13 @@ def teacher_outputs(teacher: PerFrameModel, image: Tensor, groups: int) -> tuple
     return classifier(p2), parts
 
 
-def distillation(student: Tensor, teacher: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
+def distillation(student: Tensor, teacher: Tensor) -> Tensor:
     """``KL(softmax(teacher) || softmax(student))`` per pixel, averaged; the student resized to the teacher."""
     if student.shape[-2:] != teacher.shape[-2:]:
         student = upsample_like(student, teacher)
     log_s = F.log_softmax(student, dim=1)
     log_t = F.log_softmax(teacher, dim=1)
-    kl = (log_t.exp() * (log_t - log_s)).sum(dim=1)
-    if pixel_weight is None:
-        return kl.mean()
-    return (kl * pixel_weight).sum() / pixel_weight.sum().clamp(min=1e-6)
-
-
-def _label_weight(labels: Tensor, class_weight: Tensor | None, size: tuple[int, int]) -> Tensor | None:
-    import os
-
-    if os.environ.get("TDNET_AGREE_CLASSW") != "1" or class_weight is None:
-        return None
-    from vidseg_ros.classes import IGNORE_INDEX
-
-    lab = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
-    valid = lab != IGNORE_INDEX
-    w = torch.zeros(lab.shape, dtype=class_weight.dtype, device=lab.device)
-    w[valid] = class_weight[lab[valid]]
-    return w
+    return (log_t.exp() * (log_t - log_s)).sum(dim=1).mean()
 
 
 def tdnet_loss(
@@ -134,7 +117,5 @@ def tdnet_loss(
         kd = distillation(full, whole) + SUB_WEIGHT * distillation(sub, n * parts[path])
     other = model.alone((path + 1 + int(torch.randint(0, n - 1, ()).item())) % n, images[-1])
     loss = loss + SUB_WEIGHT * cross_entropy(up(other), labels[-1], class_weight)
-    pw = _label_weight(labels[-1], class_weight, (int(sub.shape[-2]), int(sub.shape[-1])))
-    agree = float(__import__("os").environ.get("TDNET_AGREE", AGREE_WEIGHT))
-    loss = loss + agree * (distillation(other, sub.detach(), pw) + distillation(sub, other.detach(), pw))
+    loss = loss + AGREE_WEIGHT * (distillation(other, sub.detach()) + distillation(sub, other.detach()))
     return {"loss": loss + kd, "ce": ce.detach(), "aux": kd.detach()}
