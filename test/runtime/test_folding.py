@@ -8,7 +8,7 @@ from runtime_models import METHODS, tiny_model
 from torch import nn
 
 from vidseg_ros.models.folding import fold_batch_norms
-from vidseg_ros.runtime.backends import CudaBackend, EagerBackend, OwnRuntimeBackend
+from vidseg_ros.runtime.backends import CudaBackend, EagerBackend
 
 
 def _randomise_statistics(model: nn.Module, seed: int = 0) -> None:
@@ -70,4 +70,13 @@ def test_eager_backend_runs_a_folded_copy_and_leaves_the_model_alone() -> None:
     assert backend.runner is not model and _batch_norms(backend.runner) == 0
     with torch.inference_mode():
         torch.testing.assert_close(logits, model.key_step(image)[0], rtol=1e-4, atol=1e-4)
-    assert not OwnRuntimeBackend.fold and not CudaBackend.fold
+    assert not CudaBackend.fold
+
+
+def test_a_model_over_a_foreign_onnx_file_runs_unfolded() -> None:
+    """Its network is an onnxruntime session, which a copy would have to duplicate; that runtime folds."""
+    model = tiny_model("perframe")
+    model.own_runtime = True  # as ForeignModel declares
+    backend = EagerBackend(model)
+    backend.key_step(torch.randn(1, 3, 64, 96))
+    assert backend.runner is model and _batch_norms(model) > 0

@@ -18,13 +18,12 @@ from torch import nn
 M = TypeVar("M", bound=nn.Module)
 
 
-def _fold_sequential(seq: nn.Sequential) -> int:
-    """Folds each batch norm that directly follows a convolution in ``seq``; returns how many were folded.
+def _fold_sequential(seq: nn.Sequential) -> None:
+    """Folds each batch norm that directly follows a convolution in ``seq``.
 
     The convolution is replaced by the folded one and the batch norm by an identity, so indices into the
     sequence stay valid.
     """
-    folded = 0
     items = list(seq)
     for i in range(len(items) - 1):
         conv, bn = items[i], items[i + 1]
@@ -37,8 +36,6 @@ def _fold_sequential(seq: nn.Sequential) -> int:
         ):
             seq[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
             seq[i + 1] = nn.Identity()
-            folded += 1
-    return folded
 
 
 def fold_batch_norms(model: M) -> M:

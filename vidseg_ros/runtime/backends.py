@@ -87,7 +87,9 @@ class EagerBackend:
     def runner(self) -> VideoSegModel:
         """The module the steps run: the folded copy (built at the first call), or the model itself."""
         if self._runner is None:
-            self._runner = fold_batch_norms(self.model) if self.fold else self.model
+            # A model over a foreign ONNX file holds an onnxruntime session (not copied; its runtime folds).
+            foreign = getattr(self.model, "own_runtime", False)
+            self._runner = fold_batch_norms(self.model) if self.fold and not foreign else self.model
         return self._runner
 
     def prepare(self, image_hw: tuple[int, int], flow_hw: tuple[int, int] | None = None) -> None:
@@ -109,7 +111,6 @@ class OwnRuntimeBackend(EagerBackend):
     unit over it in PyTorch), so there is nothing to export or compile."""
 
     name: ClassVar[str] = "onnxruntime"
-    fold: ClassVar[bool] = False  # the session cannot be copied, and its runtime folds its own graph
 
 
 def _own_runtime_reason(model: VideoSegModel, requested: str) -> str:
