@@ -64,8 +64,11 @@ def test_eager_backend_runs_a_folded_copy_and_leaves_the_model_alone() -> None:
     model = tiny_model("perframe")
     _randomise_statistics(model)
     backend = EagerBackend(model)
+    backend.prepare((64, 96))
+    folded = backend._runner  # made by prepare, before any frame
     image = torch.randn(1, 3, 64, 96)
     logits, _ = backend.key_step(image)
+    assert backend.runner is folded
     assert backend.model is model and _batch_norms(model) > 0
     assert backend.runner is not model and _batch_norms(backend.runner) == 0
     with torch.inference_mode():

@@ -65,9 +65,9 @@ class EagerBackend:
     """PyTorch eager on the CPU (fp32).
 
     The steps run on a copy of the model with its batch norms folded into the convolutions
-    (:func:`~vidseg_ros.models.folding.fold_batch_norms`), made at the first step: the same masks. In one
-    interleaved ``vidseg eval`` run at 320x240 (one thread) the per-frame model and TD4 took 17% less time a
-    frame, TD2 13%.
+    (:func:`~vidseg_ros.models.folding.fold_batch_norms`), made by :meth:`prepare` or else at the first
+    step: the same masks. In one interleaved ``vidseg eval`` run at 320x240 (one thread) the per-frame model
+    and TD4 took 17% less time a frame, TD2 13%.
     """
 
     name: ClassVar[str] = "cpu"
@@ -93,7 +93,8 @@ class EagerBackend:
         return self._runner
 
     def prepare(self, image_hw: tuple[int, int], flow_hw: tuple[int, int] | None = None) -> None:
-        return None
+        """Makes the folded copy now (the node prepares at configure), not at the first frame."""
+        _ = self.runner
 
     @torch.inference_mode()
     def key_step(self, image: Tensor) -> tuple[Tensor, State]:
