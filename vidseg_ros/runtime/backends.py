@@ -66,8 +66,8 @@ class EagerBackend:
 
     The steps run on a copy of the model with its batch norms folded into the convolutions
     (:func:`~vidseg_ros.models.folding.fold_batch_norms`), made by :meth:`prepare` or else at the first
-    step: the same masks. In one interleaved ``vidseg eval`` run at 320x240 (one thread) the per-frame model
-    and TD4 took 17% less time a frame, TD2 13%.
+    step: the same masks. In one interleaved run of ``vidseg eval``'s runner at 320x240 (one thread), each
+    checkpoint folded and not, the per-frame model and TD4 took 17% less time a frame, TD2 13%.
     """
 
     name: ClassVar[str] = "cpu"
