@@ -23,7 +23,12 @@ def nonkey_step_name(name: str, t: int) -> str:
     return f"nonkey{t % 4}" if name == "tdnet" else "nonkey"
 
 
-VARIANTS = {"twnet": ("twnet", {"cfr": "bottleneck"}), "twnet_separable": ("twnet", {"cfr": "separable"})}
+#: ``twnet`` has more decoder channels than classes plus its 16 bottleneck channels, so that the backends run
+#: its projected form (:mod:`vidseg_ros.models.twnet_projected`), as for the shipped models.
+VARIANTS = {
+    "twnet": ("twnet", {"cfr": "bottleneck", "decoder_channels": 32}),
+    "twnet_separable": ("twnet", {"cfr": "separable"}),
+}
 TINY = {"backbone": "mobilenetv2", "width_mult": 0.25, "decoder_channels": 16}
 
 
@@ -36,7 +41,7 @@ def tiny_model(name: str, seed: int = 0) -> VideoSegModel:
     """
     torch.manual_seed(seed)
     method, extra = VARIANTS.get(name, (name, {}))
-    model = build_model(method, num_classes=len(SYNTH_CLASSES), **TINY, **extra)
+    model = build_model(method, num_classes=len(SYNTH_CLASSES), **{**TINY, **extra})
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)

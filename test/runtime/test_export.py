@@ -101,7 +101,7 @@ def test_onnx_matches_torch_over_five_frames(
         nodes = {n.op_type for n in graph.node}
         assert "GridSample" in nodes
 
-    model, _ = load_checkpoint(ckpt)
+    model = load_checkpoint(ckpt)[0].inference_form()  # the steps that were exported
     keys = manifest["state_keys"]
     g = torch.Generator().manual_seed(3)
     frames = [torch.randn(1, 3, h, w, generator=g) for _ in range(5)]

@@ -56,6 +56,7 @@ def _frames(n: int, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tenso
 def _check_chain(backend: Backend, model, frames: int = 5) -> None:
     """Key frame then non-key frames (per-frame: key frames only), each side carrying its own state."""
     images, flows = _frames(frames)
+    model = model.inference_form()  # the steps the backend exports, on the state it carries
     state = ref_state = None
     for t, image in enumerate(images):
         with torch.no_grad():

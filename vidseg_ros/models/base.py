@@ -81,6 +81,12 @@ class VideoSegModel(nn.Module):
         """The non-key step of one phase; exporters trace each phase as its own graph."""
         return self.nonkey_step(image, prev_image, flow, state)
 
+    def inference_form(self) -> VideoSegModel:
+        """The module the backends run: the same outputs from cheaper steps, whose state may differ from the
+        one training sees (TWNet's is projected, :mod:`vidseg_ros.models.twnet_projected`); ``self`` for most
+        models. It shares this model's weights."""
+        return self
+
     def forward(self, image: Tensor) -> Tensor:
         """Single-image logits (the image model); used for training stage 1 and as a reference."""
         return self.key_step(image)[0]

@@ -43,6 +43,10 @@ at 640x480 (one thread) its ORT non-key step took 12.6 and 12.8 ms, against 29.6
 per-frame step; warp-only took 8.0-8.3 ms in an interleaved comparison. It trades accuracy for that: see the
 README's results (TWNet rows).
 
+The backends run warp layer 3 with the bottleneck CFR or none on a projected state, the same logits from a
+warp of 25 channels instead of 96 (:mod:`vidseg_ros.models.twnet_projected`); the figures above are from the
+full state.
+
 Either CFR's output conv is zero-initialised, so an untrained correction equals the warp-only variant. The
 corrected features are the state (and are what the next non-key frame warps); the stage-2 L2 consistency loss
 compares them with :meth:`TWNetModel.key_features` of the same frame.
@@ -181,14 +185,24 @@ class BottleneckCFR(nn.Module):
             # the expand convolution and the classifier reads the blocked result. Without it the warped map
             # stays in plain layout, and the sum and two layout conversions cost about 1 ms more at 640x480.
             warped = F.max_pool2d(warped, 1)
-        size = (int(warped.shape[-2]), int(warped.shape[-1]))
-        spatial = resize_to(F.relu(self.spatial(fine)), size)
-        # reduce over [warped, spatial, residual], one convolution per input: no concatenation is built.
-        c, s, w = int(warped.shape[1]), int(spatial.shape[1]), self.reduce.weight
-        reduced = F.conv2d(warped, w[:, :c], self.reduce.bias) + F.conv2d(spatial, w[:, c : c + s])
-        reduced = reduced + F.conv2d(residual, w[:, c + s :])
-        hidden = F.relu(self.mix(F.relu(reduced)))
+        hidden = self.hidden(F.conv2d(warped, self.reduce_warped), fine, residual)
         return warped + self.expand(attention * hidden)
+
+    @property
+    def reduce_warped(self) -> Tensor:
+        """``reduce``'s weights over the warped features' channels, ``[width, channels, 1, 1]``."""
+        return self.reduce.weight[:, : self.reduce.in_channels - self.spatial.out_channels - 1]
+
+    def hidden(self, reduced_warped: Tensor, fine: Tensor, residual: Tensor) -> Tensor:
+        """The bottleneck before ``expand``, from :attr:`reduce_warped` applied to the warped features (no bias),
+        the frame at twice their size and RGA's residual. ``reduce`` takes one convolution per input, so no
+        concatenation is built."""
+        size = (int(reduced_warped.shape[-2]), int(reduced_warped.shape[-1]))
+        spatial = resize_to(F.relu(self.spatial(fine)), size)
+        c, w = int(self.reduce_warped.shape[1]), self.reduce.weight
+        reduced = reduced_warped + F.conv2d(spatial, w[:, c:-1], self.reduce.bias)
+        reduced = reduced + F.conv2d(residual, w[:, -1:])
+        return F.relu(self.mix(F.relu(reduced)))
 
 
 class RGA(nn.Module):
@@ -329,6 +343,13 @@ class TWNetModel(VideoSegModel):
             "key_interval": self.key_interval,
             "cfr": self.cfr_kind,
         }
+
+    def inference_form(self) -> VideoSegModel:
+        """The steps on a projected state (:mod:`vidseg_ros.models.twnet_projected`) where this variant has
+        that form: warp layer 3 with the bottleneck CFR or none."""
+        from vidseg_ros.models.twnet_projected import ProjectedTWNet, projectable
+
+        return ProjectedTWNet(self) if projectable(self) else self
 
     @torch.no_grad()
     def key_features(self, image: Tensor) -> State:

@@ -85,11 +85,13 @@ class EagerBackend:
 
     @property
     def runner(self) -> VideoSegModel:
-        """The module the steps run: the folded copy (built at the first call), or the model itself."""
+        """The module the steps run: the model's inference form
+        (:meth:`~vidseg_ros.models.base.VideoSegModel.inference_form`), folded (built at the first call)."""
         if self._runner is None:
             # A model over a foreign ONNX file holds an onnxruntime session (not copied; its runtime folds).
             foreign = getattr(self.model, "own_runtime", False)
-            self._runner = fold_batch_norms(self.model) if self.fold and not foreign else self.model
+            form = self.model.inference_form()
+            self._runner = fold_batch_norms(form) if self.fold and not foreign else form
         return self._runner
 
     def prepare(self, image_hw: tuple[int, int], flow_hw: tuple[int, int] | None = None) -> None:
@@ -145,7 +147,7 @@ class CudaBackend(EagerBackend):
     """
 
     name: ClassVar[str] = "cuda"
-    #: Its steps run the model as is: folding has not been measured on a GPU.
+    #: Its steps run the inference form unfolded: folding has not been measured on a GPU.
     fold: ClassVar[bool] = False
     MAX_GRAPHS = 8
 
@@ -197,9 +199,9 @@ class CudaBackend(EagerBackend):
         module = self._modules.get((step, keys))
         if module is None:
             module = (
-                FlatKeyStep(self.model, keys)
+                FlatKeyStep(self.runner, keys)
                 if step == "key"
-                else FlatNonKeyStep(self.model, keys, phase_of_name(step))
+                else FlatNonKeyStep(self.runner, keys, phase_of_name(step))
             )
             self._modules[(step, keys)] = module
         signature = (step, keys, tuple((tuple(t.shape), t.dtype) for t in inputs))
@@ -215,7 +217,7 @@ class CudaBackend(EagerBackend):
         if self._state_keys is None:
             # The first call learns the state layout; flat (graphable) calls need it.
             with self._autocast():
-                logits, state = self.model.key_step(image)
+                logits, state = self.runner.key_step(image)
             self._state_keys = tuple(sorted(state))
             return logits, state
         return self._run("key", (image,))
@@ -225,8 +227,8 @@ class CudaBackend(EagerBackend):
         self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
     ) -> tuple[Tensor, State]:
         self._state_keys = tuple(sorted(state))
-        name = nonkey_name(self.model, self.model.phase_of(state))
-        return self._run(name, nonkey_inputs(self.model, image, prev_image, flow, state))
+        name = nonkey_name(self.runner, self.runner.phase_of(state))
+        return self._run(name, nonkey_inputs(self.runner, image, prev_image, flow, state))
 
     def prepare(self, image_hw: tuple[int, int], flow_hw: tuple[int, int] | None = None) -> None:
         image = torch.randn(1, 3, *image_hw, device=self.device)

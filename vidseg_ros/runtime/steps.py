@@ -104,9 +104,11 @@ def step_specs(
 ) -> list[StepSpec]:
     """Flat step modules of ``model`` with random example inputs of ``image_hw`` (and ``flow_hw``).
 
-    State keys are taken, sorted, from one ``key_step`` on a random frame; that frame's state is the example
-    state of the non-key step, so every shape is exactly what the model produces.
+    The steps are those of the model's :meth:`~VideoSegModel.inference_form`. State keys are taken, sorted,
+    from one ``key_step`` on a random frame; that frame's state is the example state of the non-key step, so
+    every shape is exactly what the model produces.
     """
+    model = model.inference_form()
     device = next(model.parameters()).device
     h, w = image_hw
     fh, fw = flow_hw or default_flow_hw(image_hw)

@@ -179,11 +179,10 @@ def time_models(
                         add(key, "flow", t1 - t0)
                     add(key, "nonkey", t2 - t1)
             if not r and key[0] == next(iter(runs)):  # FLOPs are the model's: counted once per method
-                counts = {"gflop_key": [_gflop(seg.model.key_step, cur.image)]}
+                form = seg.model.inference_form()  # what the backends run, on the state they carry
+                counts = {"gflop_key": [_gflop(form.key_step, cur.image)]}
                 if nonkey:
-                    counts["gflop_nonkey"] = [
-                        _gflop(seg.model.nonkey_step, cur.image, prev.image, flow, state)
-                    ]
+                    counts["gflop_nonkey"] = [_gflop(form.nonkey_step, cur.image, prev.image, flow, state)]
                 for name in runs:
                     samples[name][key[1]].update(counts)
         bar.update(1)
