@@ -43,9 +43,9 @@ at 640x480 (one thread) its ORT non-key step took 12.6 and 12.8 ms, against 29.6
 per-frame step; warp-only took 8.0-8.3 ms in an interleaved comparison. It trades accuracy for that: see the
 README's results (TWNet rows).
 
-The backends run warp layer 3 with the bottleneck CFR or none on a projected state, the same logits from a
-warp of 25 channels instead of 96 (:mod:`vidseg_ros.models.twnet_projected`); the figures above are from the
-full state.
+The backends run warp layer 3 with the bottleneck CFR or none on a projected state where that is smaller,
+the same logits from a warp of 25 channels instead of 96 for the shipped models
+(:mod:`vidseg_ros.models.twnet_projected`); the figures above are from the full state.
 
 Either CFR's output conv is zero-initialised, so an untrained correction equals the warp-only variant. The
 corrected features are the state (and are what the next non-key frame warps); the stage-2 L2 consistency loss
