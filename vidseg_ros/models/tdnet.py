@@ -91,9 +91,7 @@ class Encoding(nn.Module):
         return self.query(group), self.key(group), self.value(group)
 
 
-def attend(
-    query: Tensor, key: Tensor, value: Tensor, dropout: float = 0.0, bias: Tensor | None = None
-) -> Tensor:
+def attend(query: Tensor, key: Tensor, value: Tensor, dropout: float = 0.0) -> Tensor:
     """``softmax(Q^T K / sqrt(dk)) V``: each query pixel's mean of the values, weighted by key similarity.
 
     ``query`` ``[B, dk, Hq, Wq]``; ``key`` ``[B, dk, Hk, Wk]``; ``value`` ``[B, D, Hk, Wk]``; returns
@@ -102,8 +100,6 @@ def attend(
     b, dk, hq, wq = (int(s) for s in query.shape)
     d = int(value.shape[1])
     scores = torch.matmul(query.flatten(2).transpose(1, 2), key.flatten(2)) / math.sqrt(dk)  # [B, Nq, Nk]
-    if bias is not None:
-        scores = scores + bias
     weights = F.dropout(torch.softmax(scores, dim=-1), p=dropout, training=dropout > 0)
     out = torch.matmul(weights, value.flatten(2).transpose(1, 2))  # [B, Nq, D]
     return out.transpose(1, 2).reshape(b, d, hq, wq)
@@ -116,12 +112,6 @@ class AttentionPropagation(nn.Module):
         super().__init__()
         self.proj = nn.ModuleList(nn.Conv2d(channels, channels, 1) for _ in range(paths - 1))
         self.dropout = dropout
-        import os
-
-        locality = float(os.environ.get("TDNET_LOCALITY", "0"))
-        self.log_locality = (
-            nn.Parameter(torch.full((paths - 1,), math.log(locality))) if locality > 0 else None
-        )
         for conv in self.proj:  # small, not zero: the earlier frames' keys and values get gradients at once
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
@@ -130,25 +120,10 @@ class AttentionPropagation(nn.Module):
         self, queries: list[Tensor], keys: list[Tensor], values: list[Tensor], query: Tensor
     ) -> Tensor:
         drop = self.dropout if self.training else 0.0
-        near = far = [None] * len(values)
-        if self.log_locality is not None:
-            h, w = int(query.shape[-2]), int(query.shape[-1])
-            d = decimation(h, w)
-            full, dec = _positions(h, w, 1, query), _positions(h, w, d, query)
-            strength = -torch.exp(self.log_locality)
-            near = [strength[i] * torch.cdist(dec, dec).pow(2) for i in range(len(values))]
-            far = [strength[i] * torch.cdist(full, dec).pow(2) for i in range(len(values))]
         x = values[0]
         for i in range(1, len(values)):
-            x = self.proj[i - 1](attend(queries[i], keys[i - 1], x, drop, near[i - 1])) + values[i]
-        return self.proj[-1](attend(query, keys[-1], x, drop, far[-1]))
-
-
-def _positions(h: int, w: int, step: int, like: Tensor) -> Tensor:
-    """Centres of every ``step``-th row and column of an ``h x w`` map, in units of its height, ``[n, 2]``."""
-    ys = (torch.arange(0, h, step, dtype=like.dtype, device=like.device) + 0.5) / h
-    xs = (torch.arange(0, w, step, dtype=like.dtype, device=like.device) + 0.5) / h
-    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
+            x = self.proj[i - 1](attend(queries[i], keys[i - 1], x, drop)) + values[i]
+        return self.proj[-1](attend(query, keys[-1], x, drop))
 
 
 def decimation(h: int, w: int) -> int:
