@@ -68,9 +68,6 @@ class ProjectedTWNet(VideoSegModel):
         self.classes = int(twnet.nkfc.classifier.out_channels)
         self.training = twnet.training
 
-    def config(self) -> dict:
-        return self.twnet.config()
-
     def projection(self) -> Tensor:
         """``P``, ``[classes (+ width), channels, 1, 1]``."""
         weight = self.twnet.nkfc.classifier.weight

@@ -120,18 +120,18 @@ def time_models(
     import torch
 
     from vidseg_ros.runtime.segmenter import Segmenter
-    from vidseg_ros.runtime.steps import default_flow_hw, step_names
+    from vidseg_ros.runtime.steps import step_names
 
     w, h = size
     frames = synthetic_frames(w, h, repeats + 2)
     segs: dict[tuple[str, str], Any] = {}
     for name, backends in runs.items():
         for method, x in loaded.items():
-            backend = backends[method]
-            backend.prepare((h, w), default_flow_hw((h, w), args.flow_downscale))
-            segs[(name, method)] = Segmenter(
-                x.model, x.meta, backend=backend, input_size=size, flow_downscale=args.flow_downscale
+            seg = Segmenter(
+                x.model, x.meta, backend=backends[method], input_size=size, flow_downscale=args.flow_downscale
             )
+            seg.prepare_backend()
+            segs[(name, method)] = seg
     samples: Samples = {name: {m: {} for m in loaded} for name in runs}
 
     def add(key: tuple[str, str], measure: str, seconds: float) -> None:
