@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from vidseg_ros.runtime.checkpoint import load_checkpoint
-from vidseg_ros.runtime.segmenter import Segmenter, first_max_ids, resize_image
+from vidseg_ros.runtime.class_ids import first_max_ids
+from vidseg_ros.runtime.segmenter import Segmenter, resize_image
 from vidseg_ros.runtime.stream import Stream
 
 S = 1_000_000_000
@@ -107,13 +108,27 @@ def test_resize_image_averages_when_shrinking_and_interpolates_when_enlarging():
 
 def test_mask_enlargement_is_centred_nearest(tiny_checkpoint):
     model, meta = load_checkpoint(tiny_checkpoint("perframe"))
-    seg = Segmenter(model, meta)
+    seg = Segmenter(model, meta, input_size=(3, 2))  # logits at the inference size
     logits = torch.zeros(1, 3, 2, 3)
     for i, c in enumerate([0, 1, 2, 2, 1, 0]):
         logits[0, c, i // 3, i % 3] = 1.0
     mask = seg.to_mask(logits, (4, 6))
     np.testing.assert_array_equal(mask, np.repeat(np.repeat([[0, 1, 2], [2, 1, 0]], 2, 0), 2, 1))
     np.testing.assert_array_equal(seg.to_mask(logits, (2, 3)), [[0, 1, 2], [2, 1, 0]])
+
+
+def test_native_logits_give_the_mask_of_the_upsampled_ones(tiny_checkpoint):
+    """The CPU backends return stride-4 logits; the mask is that of the logits upsampled to inference size."""
+    model, meta = load_checkpoint(tiny_checkpoint("perframe"))
+    seg = Segmenter(model, meta, input_size=(96, 64))
+    coarse = torch.randn(1, 9, 4, 6, generator=torch.Generator().manual_seed(3)) * 4
+    native = torch.nn.functional.interpolate(coarse, size=(16, 24), mode="bilinear", align_corners=False)
+    full = torch.nn.functional.interpolate(native, size=(64, 96), mode="bilinear", align_corners=False)
+    for out_hw in ((64, 96), (480, 640), (30, 50)):
+        mask = seg.to_mask(native, out_hw)
+        assert mask.shape == out_hw
+        np.testing.assert_array_equal(mask, seg.to_mask(full, out_hw))
+    assert len(np.unique(seg.to_mask(native, (64, 96)))) > 3  # regions of several classes, not one
 
 
 def test_first_max_ids_match_max_indices_ties_and_layouts(tiny_checkpoint):
@@ -126,7 +141,7 @@ def test_first_max_ids_match_max_indices_ties_and_layouts(tiny_checkpoint):
     got = first_max_ids(scores)
     assert got.dtype == torch.uint8 and torch.equal(got, want) and got[0, 0] == 0 and got[0, 1] == 3
     model, meta = load_checkpoint(tiny_checkpoint("perframe"))
-    seg = Segmenter(model, meta)
+    seg = Segmenter(model, meta, input_size=(40, 30))
     contiguous = scores.unsqueeze(0)
     channels_last = contiguous.contiguous(memory_format=torch.channels_last)  # PyTorch's upsampled logits
     np.testing.assert_array_equal(seg.to_mask(contiguous, (30, 40)), want.numpy())

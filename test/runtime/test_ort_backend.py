@@ -3,6 +3,7 @@ corrupt), and how ``auto`` picks it on a CPU or falls back to PyTorch with the r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -14,6 +15,7 @@ import torch
 from runtime_models import METHODS, expected_steps, tiny_model
 
 from vidseg_ros.config import SPECS
+from vidseg_ros.models.fpn import native_logits
 from vidseg_ros.runtime import backends, ort_backend
 from vidseg_ros.runtime.backends import (
     Backend,
@@ -22,7 +24,7 @@ from vidseg_ros.runtime.backends import (
     choose_backend,
     select_backend,
 )
-from vidseg_ros.runtime.ort_backend import OrtBackend, OrtKey, ort_cache
+from vidseg_ros.runtime.ort_backend import OrtBackend, OrtKey, ort_cache, step_output
 from vidseg_ros.runtime.segmenter import backend_request
 
 pytest.importorskip("onnxruntime")
@@ -58,8 +60,13 @@ def _check_chain(backend: Backend, model, frames: int = 5) -> None:
     images, flows = _frames(frames)
     model = model.inference_form()  # the steps the backend exports, on the state it carries
     state = ref_state = None
+    # PyTorch's CPU backend returns the logits at the classifier's size
+    output = (
+        step_output(backend.output, backend.provider, HW) if isinstance(backend, OrtBackend) else "native"
+    )
+    form = native_logits if output == "native" else contextlib.nullcontext
     for t, image in enumerate(images):
-        with torch.no_grad():
+        with torch.no_grad(), form():
             if t == 0 or model.method == "perframe":
                 logits, state = backend.key_step(image)
                 ref_logits, ref_state = model.key_step(image)
@@ -67,8 +74,9 @@ def _check_chain(backend: Backend, model, frames: int = 5) -> None:
                 logits, state = backend.nonkey_step(image, images[t - 1], flows[t], state)
                 ref_logits, ref_state = model.nonkey_step(image, images[t - 1], flows[t], ref_state)
         assert logits.device.type == "cpu"
-        if backend.output == "logits":
-            assert logits.dtype == torch.float32 and logits.shape == (1, 9, *HW)
+        if output != "labels":
+            size = HW if output == "logits" else (HW[0] // 4, HW[1] // 4)
+            assert logits.dtype == torch.float32 and logits.shape == (1, 9, *size)
             torch.testing.assert_close(logits, ref_logits, **TOL)
         else:  # the class ids of PyTorch's upsampled logits, bar near-ties
             assert logits.dtype == torch.uint8 and logits.shape == (1, 1, *HW)
@@ -78,19 +86,31 @@ def _check_chain(backend: Backend, model, frames: int = 5) -> None:
         torch.testing.assert_close(state, ref_state, **TOL)
 
 
-@pytest.mark.parametrize("labels", [True, False], ids=["labels", "logits"])
+@pytest.mark.parametrize("output", ["native", "labels", "logits"])
 @pytest.mark.parametrize("method", METHODS)
 def test_every_step_matches_torch_over_a_recurrent_chain(
-    method: str, labels: bool, tmp_path: Path, exports
+    method: str, output: str, tmp_path: Path, exports
 ) -> None:
     model = tiny_model(method)
-    backend = OrtBackend(model, threads=1, cache=ort_cache(tmp_path), labels=labels)
+    backend = OrtBackend(model, threads=1, cache=ort_cache(tmp_path), output=output)
     assert isinstance(backend, Backend) and backend.name == "onnxruntime" and backend.device.type == "cpu"
-    assert backend.output == ("labels" if labels else "logits")
     backend.prepare(HW, FLOW_HW)
     assert exports == expected_steps(method)
     _check_chain(backend, model)
     assert len(exports) == len(backend.results)  # the chain ran on the prepared sessions
+
+
+def test_the_default_output_follows_the_provider_and_the_size(tmp_path: Path) -> None:
+    """Class ids from the graph on a GPU and on small CPU frames; the classifier's logits on larger CPU frames,
+    whose arg-max the segmenter takes for less; an explicit request wins."""
+    assert step_output(None, "cpu", (240, 320)) == "labels" == step_output(None, "cpu", HW)
+    assert step_output(None, "cpu", (360, 480)) == "native" == step_output(None, "cpu", (480, 640))
+    assert step_output(None, "cuda", (480, 640)) == "labels" == step_output(None, "tensorrt", (480, 640))
+    assert step_output("logits", "cpu", (480, 640)) == "logits"
+    backend = OrtBackend(tiny_model("perframe"), threads=1, cache=ort_cache(tmp_path))
+    assert backend.output is None
+    with pytest.raises(ValueError, match="output must be one of logits|native|labels"):
+        OrtBackend(tiny_model("perframe"), output="ids")
 
 
 def test_warps_export_in_the_clamped_form(tmp_path: Path) -> None:
@@ -191,7 +211,7 @@ def test_key_fields_pick_the_slot_or_make_it_stale() -> None:
     # What is built (model, step, output, shapes, opset, provider, hardware) picks the slot; toolchain and code only
     # make the entry in it stale, so an upgrade replaces it instead of piling up next to it.
     slot_changes = ({"hardware": "aarch64 Cortex-A78AE [asimd]"}, {"opset": 18}, {"model_hash": "n"})
-    for change in (*slot_changes, {"output": "logits"}):
+    for change in (*slot_changes, {"output": "logits"}, {"output": "native"}):
         assert OrtKey(**{**key.__dict__, **change}).slot() != key.slot()
     for change in ({"onnxruntime_version": "1.1"}, {"torch_version": "2.1"}, {"code_hash": "d"}):
         other = OrtKey(**{**key.__dict__, **change})

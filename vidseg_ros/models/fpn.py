@@ -79,16 +79,39 @@ def fused_labels() -> Iterator[None]:
         _fuse_labels = before
 
 
+#: Whether :func:`upsample_logits` returns the logits as they are (see :func:`native_logits`).
+_native = False
+
+
+@contextlib.contextmanager
+def native_logits() -> Iterator[None]:
+    """Makes every model's output its logits at the classifier's own size (stride 4) inside the block.
+
+    For consumers that take the arg-max of the upsampled logits themselves
+    (:func:`~vidseg_ros.runtime.class_ids.upsample_ids`, through ``Segmenter.to_mask``), which skips most of
+    the upsampling: the CPU backends. Process-wide for the duration of the block, like :func:`fused_labels`
+    (which takes precedence); steps and exports run in one thread.
+    """
+    global _native
+    before, _native = _native, True
+    try:
+        yield
+    finally:
+        _native = before
+
+
 def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear upsampling to the input size, in channels-last memory order.
 
     The values are those of the plain NCHW call; the layout puts each pixel's class scores side by side, which
     made the interpolation plus the caller's arg-max over classes 1.6x faster on a CPU (1.5 ms against 2.4 ms
     at 320x240 with 9 classes). Exporters see the same graph either way. Inside :func:`fused_labels` it returns
-    :func:`upsample_argmax` instead.
+    :func:`upsample_argmax` instead, inside :func:`native_logits` the logits unchanged.
     """
     if _fuse_labels and int(logits.shape[1]) < 256:
         return upsample_argmax(logits, size)
+    if _native:
+        return logits
     return F.interpolate(
         logits.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear", align_corners=False
     )

@@ -40,7 +40,10 @@ class Backend(Protocol):
         """Does the one-off work for these shapes now (engine build/load, graph capture) instead of on frame 1."""
         ...
 
-    def key_step(self, image: Tensor) -> tuple[Tensor, State]: ...
+    def key_step(self, image: Tensor) -> tuple[Tensor, State]:
+        """The frame's scores and the state after it. Scores are ``[1, C, h, w]`` logits at the image's size or
+        at the classifier's own (CPU backends: the segmenter upsamples them), or uint8 class ids ``[1, 1, H, W]``."""
+        ...
 
     def nonkey_step(
         self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State

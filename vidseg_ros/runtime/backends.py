@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from vidseg_ros.errors import first_line
 from vidseg_ros.models.base import State, VideoSegModel
 from vidseg_ros.models.folding import fold_batch_norms
+from vidseg_ros.models.fpn import native_logits
 from vidseg_ros.runtime.backend_api import PRECISIONS, Backend, BackendUnavailable
 from vidseg_ros.runtime.backend_api import check_precision as _check_precision
 from vidseg_ros.runtime.engine_cache import CacheResult, EngineCache, EngineKey
@@ -98,15 +99,22 @@ class EagerBackend:
         """Makes the folded copy now (the node prepares at configure), not at the first frame."""
         _ = self.runner
 
+    def _output(self) -> contextlib.AbstractContextManager:
+        """On the CPU the steps return the logits at the classifier's size (``Segmenter.to_mask`` takes the
+        arg-max of their upsampling without building most of it); elsewhere upsampled."""
+        return native_logits() if self.device.type == "cpu" else contextlib.nullcontext()
+
     @torch.inference_mode()
     def key_step(self, image: Tensor) -> tuple[Tensor, State]:
-        return self.runner.key_step(image)
+        with self._output():
+            return self.runner.key_step(image)
 
     @torch.inference_mode()
     def nonkey_step(
         self, image: Tensor, prev_image: Tensor, flow: Tensor, state: State
     ) -> tuple[Tensor, State]:
-        return self.runner.nonkey_step(image, prev_image, flow, state)
+        with self._output():
+            return self.runner.nonkey_step(image, prev_image, flow, state)
 
 
 class OwnRuntimeBackend(EagerBackend):

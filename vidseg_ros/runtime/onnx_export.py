@@ -11,13 +11,16 @@ import contextlib
 import warnings
 from pathlib import Path
 
-from vidseg_ros.models.fpn import fused_labels
+from vidseg_ros.models.fpn import fused_labels, native_logits
 from vidseg_ros.motion.warp import warp_padding
 from vidseg_ros.runtime.steps import StepSpec
 
+#: What a step's first output can be (see :func:`export_onnx`).
+STEP_OUTPUTS = ("logits", "native", "labels")
+
 
 def export_onnx(
-    spec: StepSpec, path: Path, opset: int, *, warp: str = "border", labels: bool = False
+    spec: StepSpec, path: Path, opset: int, *, warp: str = "border", output: str = "logits"
 ) -> None:
     """Writes one flat step function to ``path`` with static shapes.
 
@@ -28,17 +31,20 @@ def export_onnx(
         warp: How the warps export (:data:`~vidseg_ros.motion.warp.WARP_PADDINGS`): ``border`` is a
             ``GridSample`` with border padding, the form TensorRT and half precision want; ``clamped`` gives
             the same values through zero padding, which ONNX Runtime's CPU kernel runs about 7x faster.
-        labels: Output the class ids (``labels``, uint8 ``[1, 1, H, W]``, see
-            :func:`~vidseg_ros.models.fpn.fused_labels`) in place of the logits.
+        output: The first output (:data:`STEP_OUTPUTS`): ``logits`` at the image's size; ``native``, the
+            logits at the classifier's own size (:func:`~vidseg_ros.models.fpn.native_logits`); ``labels``,
+            the class ids (uint8 ``[1, 1, H, W]``, :func:`~vidseg_ros.models.fpn.fused_labels`).
     """
     import torch
 
+    if output not in STEP_OUTPUTS:
+        raise ValueError(f"output must be one of {'|'.join(STEP_OUTPUTS)}, got {output!r}")
     # The TorchScript exporter (dynamo=False) keeps this free of onnxscript.
     output_names = list(spec.output_names)
-    if labels:
+    if output == "labels":
         output_names[0] = "labels"
-    ids = fused_labels() if labels else contextlib.nullcontext()
-    with warnings.catch_warnings(), warp_padding(warp), ids:
+    form = {"logits": contextlib.nullcontext, "native": native_logits, "labels": fused_labels}[output]()
+    with warnings.catch_warnings(), warp_padding(warp), form:
         # The tracer warns about Python ints taken from shapes: they are static by design here.
         warnings.simplefilter("ignore")
         torch.onnx.export(

@@ -14,9 +14,11 @@ Runs go through IO binding: inputs are bound where the torch tensors live, and e
 straight into a fresh torch tensor, so the outputs and the state come back without a copy and never alias a
 buffer that the next run overwrites.
 
-By default the steps end in the class ids rather than the logits (:func:`~vidseg_ros.models.fpn.fused_labels`):
-the node only takes the arg-max, and upsampling the logits to full size in ORT and then taking the arg-max on
-the host cost about twice as much. ``labels=False`` keeps the logits (parity checks, other consumers).
+The node only takes the arg-max of the logits upsampled to the image's size. By default the steps end in the
+class ids (``labels``, :func:`~vidseg_ros.models.fpn.fused_labels`), so only those come back, except on the
+CPU above :data:`FUSED_MAX_PIXELS`, where they end at the classifier (``native``,
+:func:`~vidseg_ros.models.fpn.native_logits`) and ``Segmenter.to_mask`` takes that arg-max without upsampling
+most of the scores. ``logits`` keeps the upsampled logits (parity checks, other consumers).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from vidseg_ros.runtime.engine_cache import (
     fields_digest,
     slot_name,
 )
-from vidseg_ros.runtime.onnx_export import export_onnx
+from vidseg_ros.runtime.onnx_export import STEP_OUTPUTS, export_onnx
 from vidseg_ros.runtime.steps import StepSpec, code_hash, model_fingerprint, nonkey_name, step_specs
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,23 @@ MIN_OPSET = 17
 #: padding, the GridSample mode ORT's CPU kernel has a fast path for (1.4 ms against 9.8 ms with border padding
 #: on a [1, 96, 60, 80] map, 1 thread); same values, and float32 is the only precision this backend runs.
 EXPORT_WARP = "clamped"
+#: CPU steps on images of at most this many pixels end in the class ids by default, larger ones at the
+#: classifier (see the module docstring). Per frame, model step plus mask, one thread, interleaved: at 320x240
+#: the ids took 0.14 to 0.30 ms less (per-frame model, NetWarp, TWNet, TD4); at 480x360 the classifier's
+#: logits took 0.2 to 0.5 ms less, at 640x480 0.7 to 1.4 ms and at 768x576 1.2 to 1.6 ms.
+FUSED_MAX_PIXELS = 320 * 240
+
+
+def step_output(requested: str | None, provider: str, image_hw: tuple[int, int]) -> str:
+    """What a step returns first (:data:`~vidseg_ros.runtime.onnx_export.STEP_OUTPUTS`): ``requested``, or
+    the default for ``provider`` and the image size."""
+    if requested is not None:
+        return requested
+    if provider == "cpu" and image_hw[0] * image_hw[1] > FUSED_MAX_PIXELS:
+        return "native"
+    return "labels"
+
+
 #: ORT's element types of the step outputs this backend binds, as torch and numpy dtypes.
 OUTPUT_DTYPES: dict[str, tuple[torch.dtype, type]] = {
     "tensor(float)": (torch.float32, np.float32),
@@ -173,7 +192,7 @@ class OrtKey:
     Args:
         model_hash: Checkpoint SHA-256, or :func:`~vidseg_ros.runtime.steps.model_fingerprint`.
         step: ``key`` or ``nonkey``.
-        output: ``labels`` (class ids) or ``logits``.
+        output: The steps' first output (:data:`~vidseg_ros.runtime.onnx_export.STEP_OUTPUTS`).
         input_shapes: Shapes of the flat inputs, in call order.
         opset: ONNX opset of the export.
         providers: Execution providers, in order.
@@ -308,8 +327,8 @@ class OrtBackend:
         model_hash: Key of the weights, e.g. the checkpoint's :func:`file_hash`; default: a fingerprint.
         opset: ONNX opset, at least 17.
         progress: Called with a line of text before each step is loaded or exported.
-        labels: Steps return the class ids ``[1, 1, H, W]`` (uint8) in place of the logits, where the model
-            has fewer than 256 classes (see the module docstring).
+        output: What the steps return first (:data:`~vidseg_ros.runtime.onnx_export.STEP_OUTPUTS`); None:
+            by provider and size (:func:`step_output`).
     """
 
     name: ClassVar[str] = "onnxruntime"
@@ -326,7 +345,7 @@ class OrtBackend:
         model_hash: str | None = None,
         opset: int = MIN_OPSET,
         progress: Callable[[str], None] | None = None,
-        labels: bool = True,
+        output: str | None = None,
     ) -> None:
         self.precision = check_precision(self.name, precision)
         if provider not in ORT_PROVIDERS:
@@ -358,15 +377,21 @@ class OrtBackend:
         self.model_hash = model_hash or model_fingerprint(self.model)
         self.opset = opset
         self.progress = progress
-        self.output = "labels" if labels else "logits"
+        if output is not None and output not in STEP_OUTPUTS:
+            raise ValueError(f"output must be one of {'|'.join(STEP_OUTPUTS)}, got {output!r}")
+        self.output = output
         self.results: list[CacheResult] = []
         self._steps: dict[tuple, OrtStep] = {}
+
+    def output_of(self, spec: StepSpec) -> str:
+        """What the step of ``spec`` returns first."""
+        return step_output(self.output, self.provider, tuple(spec.input_shapes[0][-2:]))
 
     def session_key(self, spec: StepSpec) -> OrtKey:
         return OrtKey(
             model_hash=self.model_hash,
             step=spec.name,
-            output=self.output,
+            output=self.output_of(spec),
             input_shapes=spec.input_shapes,
             opset=self.opset,
             providers=self.providers,
@@ -386,7 +411,7 @@ class OrtBackend:
         with tempfile.TemporaryDirectory(prefix="vidseg-onnx-") as tmp:
             raw = Path(tmp) / f"{spec.name}{ONNX_SUFFIX}"
             with torch.inference_mode(False):  # the tracer wants ordinary tensors
-                export_onnx(spec, raw, self.opset, warp=EXPORT_WARP, labels=self.output == "labels")
+                export_onnx(spec, raw, self.opset, warp=EXPORT_WARP, output=self.output_of(spec))
             try:
                 so = session_options(ort, self.threads, level, optimized_path=path)
                 ort.InferenceSession(str(raw), so, providers=["CPUExecutionProvider"])
@@ -428,7 +453,10 @@ class OrtBackend:
             key,
             lambda path: self._build(spec, path),
             self._load,
-            extra={"inputs": list(spec.input_names), "outputs": [self.output, *spec.output_names[1:]]},
+            extra={
+                "inputs": list(spec.input_names),
+                "outputs": [self.output_of(spec), *spec.output_names[1:]],
+            },
         )
         self.results.append(result)
         log.info("onnxruntime %s step: %s %s", spec.name, result.status, result.path)

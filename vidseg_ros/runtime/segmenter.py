@@ -16,11 +16,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vidseg_ros.models.base import State, VideoSegModel
 from vidseg_ros.motion.warp import resize_flow
 from vidseg_ros.runtime.backends import Backend, EagerBackend
 from vidseg_ros.runtime.checkpoint import ModelMeta
+from vidseg_ros.runtime.class_ids import upsample_ids
 from vidseg_ros.runtime.steps import default_flow_hw
 
 
@@ -71,22 +73,6 @@ def backend_request(device: str, backend: str) -> str:
         pick_device("cuda")
         return "cuda" if torch_tensorrt_problem() else "tensorrt"
     return "auto"
-
-
-def first_max_ids(scores: torch.Tensor) -> torch.Tensor:
-    """uint8 index of the first maximum over the classes of contiguous ``[C, H, W]`` scores (C < 256).
-
-    The ids of ``max(dim=0).indices``, in three passes that reduce over the outer dimension, which PyTorch
-    vectorises: class c scores ``C - c`` where it reaches the maximum, so the largest score marks the first
-    maximum. On onnxruntime's contiguous logits with 9 classes this took 2.6 against 3.6 ms at 640x480 and
-    0.69 against 0.94 ms at 320x240 (1 thread); on channels-last logits the reductions run along the classes
-    and are slower.
-    """
-    c = int(scores.shape[0])
-    top = scores.amax(dim=0, keepdim=True)
-    rank = torch.arange(c, 0, -1, dtype=torch.uint8).view(c, 1, 1)
-    # Clamped so that a NaN score (never equal to the maximum) still gives a valid class id.
-    return (c - (scores == top).to(torch.uint8).mul_(rank).amax(dim=0)).clamp_(max=c - 1).to(torch.uint8)
 
 
 @dataclass(frozen=True)
@@ -208,15 +194,20 @@ class Segmenter:
     def to_mask(self, logits: torch.Tensor, out_hw: tuple[int, int]) -> np.ndarray:
         """Arg-max at inference size, downloaded as uint8, then enlarged to ``out_hw`` (nearest, centred).
 
-        A backend may return the ids already (uint8 ``[1, 1, H, W]``, the onnxruntime backend's default).
+        ``logits`` are ``[1, C, h, w]`` scores at the inference size or, as the CPU backends return them, at
+        the classifier's own size (:func:`~vidseg_ros.models.fpn.native_logits`), where the arg-max of their
+        bilinear upsampling is taken without upsampling most of them (:func:`upsample_ids`). A backend may
+        also return the ids already (uint8 ``[1, 1, H, W]``).
         """
+        hw = (self.input_size[1], self.input_size[0])
         if logits.dtype == torch.uint8:
             ids = logits[0, 0].cpu().numpy()
-        elif logits.device.type == "cpu" and logits.is_contiguous() and logits.shape[1] < 256:
-            ids = first_max_ids(logits[0]).numpy()
+        elif logits.device.type == "cpu" and logits.shape[1] < 256:
+            ids = upsample_ids(logits[0], hw)
         else:
-            # max().indices rather than argmax(): the same ids, faster on CPU (1.0 against 1.6 ms at 320x240,
-            # 9 classes, channels-last logits as PyTorch's upsampling leaves them).
+            if tuple(logits.shape[-2:]) != hw:
+                logits = F.interpolate(logits, size=hw, mode="bilinear", align_corners=False)
+            # max().indices rather than argmax(): the same ids, faster.
             ids = logits[0].max(dim=0).indices.to(torch.uint8).cpu().numpy()
         if ids.shape != out_hw:
             ids = cv2.resize(ids, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_NEAREST_EXACT)
