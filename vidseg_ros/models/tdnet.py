@@ -26,7 +26,6 @@ step of each path is its own function (:meth:`TDNetModel.phase_step`), so each e
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -53,9 +52,6 @@ DEFAULT_KEY_CHANNELS = 16
 DECIMATION = 4
 MAX_KEYS = 96
 ATTENTION_DROPOUT = 0.1
-#: Experiment: the cache holds each frame's fused features (v + c) instead of its value, so context carries
-#: over beyond N frames; training clips then hold 2N - 1 frames.
-RECURRENT = os.environ.get("TDNET_RECURRENT") == "1"
 
 
 class ChannelNorm(nn.Module):
@@ -128,11 +124,6 @@ class AttentionPropagation(nn.Module):
         for i in range(1, len(values)):
             x = self.proj[i - 1](attend(queries[i], keys[i - 1], x, drop)) + values[i]
         return self.proj[-1](attend(query, keys[-1], x, drop))
-
-
-def clip_frames(paths: int) -> int:
-    """Frames in a training clip."""
-    return 2 * paths - 1 if RECURRENT else paths
 
 
 def decimation(h: int, w: int) -> int:
@@ -253,15 +244,12 @@ class TDNetModel(VideoSegModel):
         output) and that path.
         """
         n = self.phases
-        if len(frames) != clip_frames(n):
-            raise ValueError(f"a TDNet clip has {clip_frames(n)} frames, got {len(frames)}")
-        cached: list[list[Tensor]] = []
-        for j, f in enumerate(frames[:-1]):
-            q, k, v, _ = self.encode((start + j) % n, f)
-            if RECURRENT and len(cached) == n - 1:
-                v = v + self.propagation(*(list(e) for e in zip(*cached, strict=True)), q)
-            cached = [*cached, [decimate(q), decimate(k), decimate(v)]][-(n - 1) :]
-        path = (start + len(frames) - 1) % n
+        if len(frames) != n:
+            raise ValueError(f"a TDNet clip has {n} frames, got {len(frames)}")
+        cached = [
+            [decimate(t) for t in self.encode((start + j) % n, f)[:3]] for j, f in enumerate(frames[:-1])
+        ]
+        path = (start + n - 1) % n
         q, _, v, c2 = self.encode(path, frames[-1])
         c = self.propagation(*(list(entries) for entries in zip(*cached, strict=True)), q)
         return self.head(path, c + v, c2), self.head(path, v, c2), path
@@ -281,8 +269,6 @@ class TDNetModel(VideoSegModel):
             full = (count >= n - 1).to(v.dtype).view(1, 1, 1, 1)
             c = self.propagation(*(self.cached(state, name) for name in ("query", "key", "value")), q)
             fused = v + c * full
-        if RECURRENT:
-            entry["value"] = decimate(fused)
         logits = upsample_logits(self.head(path, fused, c2), (int(image.shape[-2]), int(image.shape[-1])))
         width = {name: int(t.shape[1]) for name, t in entry.items()}
         new_state = {name: torch.cat((cache[name][:, width[name] :], entry[name]), dim=1) for name in entry}

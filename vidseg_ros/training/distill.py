@@ -34,7 +34,7 @@ from torch import Tensor
 
 from vidseg_ros.models.fpn import upsample_like
 from vidseg_ros.models.perframe import PerFrameModel
-from vidseg_ros.models.tdnet import TDNetModel, clip_frames
+from vidseg_ros.models.tdnet import TDNetModel
 from vidseg_ros.runtime.checkpoint import load_checkpoint
 from vidseg_ros.training.losses import cross_entropy
 
@@ -45,7 +45,7 @@ AGREE_WEIGHT = 2.0
 
 def clip_span(paths: int) -> int:
     """Frames before the labelled one that a clip may reach back (every gap 2)."""
-    return 2 * (clip_frames(paths) - 1)
+    return 2 * (paths - 1)
 
 
 def load_teacher(path: Path, classes: list[str], paths: int) -> PerFrameModel:
@@ -103,7 +103,7 @@ def tdnet_loss(
     if images.shape[0] < clip_span(n) + 1:
         raise ValueError(f"TDNet clips need {clip_span(n) + 1} frames, got {images.shape[0]}")
     index = [images.shape[0] - 1]
-    for gap in torch.randint(1, 3, (clip_frames(n) - 1,)).tolist():
+    for gap in torch.randint(1, 3, (n - 1,)).tolist():
         index.insert(0, index[0] - gap)
     start = int(torch.randint(0, n, ()).item())
     full, sub, path = model.clip_logits([images[i] for i in index], start)
