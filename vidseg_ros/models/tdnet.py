@@ -26,7 +26,6 @@ step of each path is its own function (:meth:`TDNetModel.phase_step`), so each e
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -53,9 +52,6 @@ DEFAULT_KEY_CHANNELS = 16
 DECIMATION = 4
 MAX_KEYS = 96
 ATTENTION_DROPOUT = 0.1
-#: Experiment: one output projection per source path (the path of the cached frame attended to) instead of
-#: one per chain step, so each path's value space always goes through the same projection.
-PER_PATH = os.environ.get("TDNET_PERPATH") == "1"
 
 
 class ChannelNorm(nn.Module):
@@ -114,28 +110,20 @@ class AttentionPropagation(nn.Module):
 
     def __init__(self, paths: int, channels: int, dropout: float = ATTENTION_DROPOUT) -> None:
         super().__init__()
-        self.proj = nn.ModuleList(nn.Conv2d(channels, channels, 1) for _ in range(paths if PER_PATH else paths - 1))
+        self.proj = nn.ModuleList(nn.Conv2d(channels, channels, 1) for _ in range(paths - 1))
         self.dropout = dropout
         for conv in self.proj:  # small, not zero: the earlier frames' keys and values get gradients at once
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
 
     def forward(
-        self,
-        queries: list[Tensor],
-        keys: list[Tensor],
-        values: list[Tensor],
-        query: Tensor,
-        sources: list[int] | None = None,
+        self, queries: list[Tensor], keys: list[Tensor], values: list[Tensor], query: Tensor
     ) -> Tensor:
         drop = self.dropout if self.training else 0.0
-        n = len(values)
-        which = sources if PER_PATH else list(range(n))
-        assert which is not None
         x = values[0]
-        for i in range(1, n):
-            x = self.proj[which[i - 1]](attend(queries[i], keys[i - 1], x, drop)) + values[i]
-        return self.proj[which[-1]](attend(query, keys[-1], x, drop))
+        for i in range(1, len(values)):
+            x = self.proj[i - 1](attend(queries[i], keys[i - 1], x, drop)) + values[i]
+        return self.proj[-1](attend(query, keys[-1], x, drop))
 
 
 def decimation(h: int, w: int) -> int:
@@ -263,8 +251,7 @@ class TDNetModel(VideoSegModel):
         ]
         path = (start + n - 1) % n
         q, _, v, c2 = self.encode(path, frames[-1])
-        sources = [(start + j) % n for j in range(n - 1)]
-        c = self.propagation(*(list(entries) for entries in zip(*cached, strict=True)), q, sources)
+        c = self.propagation(*(list(entries) for entries in zip(*cached, strict=True)), q)
         return self.head(path, c + v, c2), self.head(path, v, c2), path
 
     # ---------------------------------------------------------------------------------------- the steps
@@ -280,8 +267,7 @@ class TDNetModel(VideoSegModel):
             count = state["count"]
             cache = {name: state[name] for name in entry}
             full = (count >= n - 1).to(v.dtype).view(1, 1, 1, 1)
-            sources = [(path - (n - 1) + j) % n for j in range(n - 1)]
-            c = self.propagation(*(self.cached(state, name) for name in ("query", "key", "value")), q, sources)
+            c = self.propagation(*(self.cached(state, name) for name in ("query", "key", "value")), q)
             fused = v + c * full
         logits = upsample_logits(self.head(path, fused, c2), (int(image.shape[-2]), int(image.shape[-1])))
         width = {name: int(t.shape[1]) for name, t in entry.items()}
