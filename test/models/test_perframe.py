@@ -67,16 +67,24 @@ def test_fused_argmax_is_the_argmax_of_the_upsampled_logits(classes: int, low, h
     assert torch.equal(ids, ref.argmax(dim=1, keepdim=True).to(torch.uint8))
 
 
-def test_fused_labels_switches_the_model_output_inside_the_block_only() -> None:
-    from vidseg_ros.models.fpn import fused_labels
+def test_model_output_switches_the_model_output_inside_the_block_only() -> None:
+    from vidseg_ros.models.fpn import model_output
 
     model = PerFrameModel(num_classes=NUM_CLASSES, **TINY["mobilenetv2"]).eval()
     image = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         logits, _ = model.key_step(image)
-        with fused_labels():
+        with model_output("labels"):
             ids, _ = model.key_step(image)
+        with model_output("native"):
+            native, _ = model.key_step(image)
         after, _ = model.key_step(image)
     assert ids.dtype == torch.uint8 and ids.shape == (1, 1, 64, 96)
+    assert native.shape == (1, NUM_CLASSES, 16, 24)
+    up = torch.nn.functional.interpolate(native, size=(64, 96), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(up, logits)
+    with pytest.raises(ValueError, match="output must be one of logits|native|labels"):
+        with model_output("ids"):
+            pass
     assert (ids == logits.argmax(dim=1, keepdim=True)).float().mean() > 0.999
     assert after.dtype == torch.float32 and torch.equal(after, logits)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from runtime_models import tiny_model
 
-from vidseg_ros.models.fpn import native_logits
+from vidseg_ros.models.fpn import model_output
 from vidseg_ros.runtime import backends
 from vidseg_ros.runtime.backends import (
     BACKENDS,
@@ -141,7 +141,7 @@ def test_cpu_backend_runs_the_model_contract(method: str, monkeypatch: pytest.Mo
     image, prev, flow = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 64, 96), torch.randn(1, 2, 32, 48)
     logits, state = backend.key_step(prev)
     logits, new_state = backend.nonkey_step(image, prev, flow, state)
-    with torch.no_grad(), native_logits():  # the CPU backend's logits are at the classifier's size
+    with torch.no_grad(), model_output("native"):  # the CPU backend's logits are at the classifier's size
         ref_logits, _ = model.nonkey_step(image, prev, flow, model.key_step(prev)[1])
         form = model.inference_form()  # the state the backends carry (TWNet's is projected)
         _, ref_state = form.nonkey_step(image, prev, flow, form.key_step(prev)[1])

@@ -8,7 +8,7 @@ from runtime_models import METHODS, tiny_model
 from torch import nn
 
 from vidseg_ros.models.folding import fold_batch_norms
-from vidseg_ros.models.fpn import native_logits
+from vidseg_ros.models.fpn import model_output
 from vidseg_ros.runtime.backends import CudaBackend, EagerBackend
 
 
@@ -72,7 +72,7 @@ def test_eager_backend_runs_a_folded_copy_and_leaves_the_model_alone() -> None:
     assert backend.runner is folded
     assert backend.model is model and _batch_norms(model) > 0
     assert backend.runner is not model and _batch_norms(backend.runner) == 0
-    with torch.inference_mode(), native_logits():  # a CPU backend's logits: at the classifier's size
+    with torch.inference_mode(), model_output("native"):  # a CPU backend's logits: at the classifier's size
         torch.testing.assert_close(logits, model.key_step(image)[0], rtol=1e-4, atol=1e-4)
     assert logits.shape[-2:] == (16, 24)
     assert not CudaBackend.fold

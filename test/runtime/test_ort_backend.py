@@ -3,7 +3,6 @@ corrupt), and how ``auto`` picks it on a CPU or falls back to PyTorch with the r
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -15,7 +14,7 @@ import torch
 from runtime_models import METHODS, expected_steps, tiny_model
 
 from vidseg_ros.config import SPECS
-from vidseg_ros.models.fpn import native_logits
+from vidseg_ros.models.fpn import model_output
 from vidseg_ros.runtime import backends, ort_backend
 from vidseg_ros.runtime.backends import (
     Backend,
@@ -64,9 +63,8 @@ def _check_chain(backend: Backend, model, frames: int = 5) -> None:
     output = (
         step_output(backend.output, backend.provider, HW) if isinstance(backend, OrtBackend) else "native"
     )
-    form = native_logits if output == "native" else contextlib.nullcontext
     for t, image in enumerate(images):
-        with torch.no_grad(), form():
+        with torch.no_grad(), model_output("native" if output == "native" else "logits"):
             if t == 0 or model.method == "perframe":
                 logits, state = backend.key_step(image)
                 ref_logits, ref_state = model.key_step(image)

@@ -59,45 +59,34 @@ def merge(lateral: nn.Module, smooth: nn.Module, skip: Tensor, above: Tensor) ->
     return smooth(lat + upsample_like(above, lat))
 
 
-#: Whether :func:`upsample_logits` returns class ids instead of scores (see :func:`fused_labels`). A module
-#: global, like the warp's padding switch, because TorchDynamo guards on globals.
-_fuse_labels = False
+#: What every model's step returns first (see :func:`model_output`).
+MODEL_OUTPUTS = ("logits", "native", "labels")
+#: The form :func:`upsample_logits` produces now. A module global, like the warp's padding switch, because
+#: TorchDynamo guards on globals.
+_output = "logits"
 
 
 @contextlib.contextmanager
-def fused_labels() -> Iterator[None]:
-    """Makes every model's output the class-id map ``[B, 1, H, W]`` (uint8) instead of logits inside the block.
+def model_output(form: str) -> Iterator[None]:
+    """Makes every model's output ``form`` inside the block (:data:`MODEL_OUTPUTS`):
 
-    For exports whose consumer only takes the arg-max (the node's masks): :func:`upsample_argmax` replaces the
-    upsampling. Process-wide for the duration of the block: exports trace in one thread.
+    - ``logits``: upsampled to the input size (outside any block);
+    - ``native``: the logits at the classifier's own size (stride 4), for consumers that take the arg-max of
+      the upsampled logits themselves and so skip most of the upsampling
+      (:func:`~vidseg_ros.runtime.class_ids.upsample_ids`, through ``Segmenter.to_mask``): the CPU backends;
+    - ``labels``: the class-id map ``[B, 1, H, W]`` (uint8), for exports whose consumer only takes the arg-max:
+      :func:`upsample_argmax` replaces the upsampling (models of 256 classes or more keep their logits).
+
+    Process-wide for the duration of the block: steps and exports run in one thread.
     """
-    global _fuse_labels
-    before, _fuse_labels = _fuse_labels, True
+    global _output
+    if form not in MODEL_OUTPUTS:
+        raise ValueError(f"output must be one of {'|'.join(MODEL_OUTPUTS)}, got {form!r}")
+    before, _output = _output, form
     try:
         yield
     finally:
-        _fuse_labels = before
-
-
-#: Whether :func:`upsample_logits` returns the logits as they are (see :func:`native_logits`).
-_native = False
-
-
-@contextlib.contextmanager
-def native_logits() -> Iterator[None]:
-    """Makes every model's output its logits at the classifier's own size (stride 4) inside the block.
-
-    For consumers that take the arg-max of the upsampled logits themselves
-    (:func:`~vidseg_ros.runtime.class_ids.upsample_ids`, through ``Segmenter.to_mask``), which skips most of
-    the upsampling: the CPU backends. Process-wide for the duration of the block, like :func:`fused_labels`
-    (which takes precedence); steps and exports run in one thread.
-    """
-    global _native
-    before, _native = _native, True
-    try:
-        yield
-    finally:
-        _native = before
+        _output = before
 
 
 def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
@@ -105,13 +94,13 @@ def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
 
     The values are those of the plain NCHW call; the layout puts each pixel's class scores side by side, which
     made the interpolation plus the caller's arg-max over classes 1.6x faster on a CPU (1.5 ms against 2.4 ms
-    at 320x240 with 9 classes). Exporters see the same graph either way. Inside :func:`fused_labels` it returns
-    :func:`upsample_argmax` instead, inside :func:`native_logits` the logits unchanged.
+    at 320x240 with 9 classes). Exporters see the same graph either way. Inside :func:`model_output` it returns
+    the logits unchanged (``native``) or :func:`upsample_argmax` (``labels``).
     """
-    if _fuse_labels and int(logits.shape[1]) < 256:
-        return upsample_argmax(logits, size)
-    if _native:
+    if _output == "native":
         return logits
+    if _output == "labels" and int(logits.shape[1]) < 256:
+        return upsample_argmax(logits, size)
     return F.interpolate(
         logits.contiguous(memory_format=torch.channels_last), size=size, mode="bilinear", align_corners=False
     )

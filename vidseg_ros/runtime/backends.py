@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from vidseg_ros.errors import first_line
 from vidseg_ros.models.base import State, VideoSegModel
 from vidseg_ros.models.folding import fold_batch_norms
-from vidseg_ros.models.fpn import native_logits
+from vidseg_ros.models.fpn import model_output
 from vidseg_ros.runtime.backend_api import PRECISIONS, Backend, BackendUnavailable
 from vidseg_ros.runtime.backend_api import check_precision as _check_precision
 from vidseg_ros.runtime.engine_cache import CacheResult, EngineCache, EngineKey
@@ -102,7 +102,7 @@ class EagerBackend:
     def _output(self) -> contextlib.AbstractContextManager:
         """On the CPU the steps return the logits at the classifier's size (``Segmenter.to_mask`` takes the
         arg-max of their upsampling without building most of it); elsewhere upsampled."""
-        return native_logits() if self.device.type == "cpu" else contextlib.nullcontext()
+        return model_output("native" if self.device.type == "cpu" else "logits")
 
     @torch.inference_mode()
     def key_step(self, image: Tensor) -> tuple[Tensor, State]:

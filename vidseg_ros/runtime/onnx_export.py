@@ -7,16 +7,12 @@ it at run time; the command-line tool only adds checks and a manifest around it.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from pathlib import Path
 
-from vidseg_ros.models.fpn import fused_labels, native_logits
+from vidseg_ros.models.fpn import model_output
 from vidseg_ros.motion.warp import warp_padding
 from vidseg_ros.runtime.steps import StepSpec
-
-#: What a step's first output can be (see :func:`export_onnx`).
-STEP_OUTPUTS = ("logits", "native", "labels")
 
 
 def export_onnx(
@@ -31,20 +27,17 @@ def export_onnx(
         warp: How the warps export (:data:`~vidseg_ros.motion.warp.WARP_PADDINGS`): ``border`` is a
             ``GridSample`` with border padding, the form TensorRT and half precision want; ``clamped`` gives
             the same values through zero padding, which ONNX Runtime's CPU kernel runs about 7x faster.
-        output: The first output (:data:`STEP_OUTPUTS`): ``logits`` at the image's size; ``native``, the
-            logits at the classifier's own size (:func:`~vidseg_ros.models.fpn.native_logits`); ``labels``,
-            the class ids (uint8 ``[1, 1, H, W]``, :func:`~vidseg_ros.models.fpn.fused_labels`).
+        output: The first output (:data:`~vidseg_ros.models.fpn.MODEL_OUTPUTS`, see
+            :func:`~vidseg_ros.models.fpn.model_output`): ``logits`` at the image's size, ``native`` at the
+            classifier's own, or ``labels``, the class ids (uint8 ``[1, 1, H, W]``).
     """
     import torch
 
-    if output not in STEP_OUTPUTS:
-        raise ValueError(f"output must be one of {'|'.join(STEP_OUTPUTS)}, got {output!r}")
     # The TorchScript exporter (dynamo=False) keeps this free of onnxscript.
     output_names = list(spec.output_names)
     if output == "labels":
         output_names[0] = "labels"
-    form = {"logits": contextlib.nullcontext, "native": native_logits, "labels": fused_labels}[output]()
-    with warnings.catch_warnings(), warp_padding(warp), form:
+    with warnings.catch_warnings(), warp_padding(warp), model_output(output):
         # The tracer warns about Python ints taken from shapes: they are static by design here.
         warnings.simplefilter("ignore")
         torch.onnx.export(

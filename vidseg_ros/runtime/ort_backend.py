@@ -15,10 +15,9 @@ straight into a fresh torch tensor, so the outputs and the state come back witho
 buffer that the next run overwrites.
 
 The node only takes the arg-max of the logits upsampled to the image's size. By default the steps end in the
-class ids (``labels``, :func:`~vidseg_ros.models.fpn.fused_labels`), so only those come back, except on the
-CPU above :data:`FUSED_MAX_PIXELS`, where they end at the classifier (``native``,
-:func:`~vidseg_ros.models.fpn.native_logits`) and ``Segmenter.to_mask`` takes that arg-max without upsampling
-most of the scores. ``logits`` keeps the upsampled logits (parity checks, other consumers).
+class ids (``labels``, :func:`~vidseg_ros.models.fpn.model_output`), so only those come back, except on the
+CPU above :data:`FUSED_MAX_PIXELS`, where they end at the classifier (``native``) and ``Segmenter.to_mask``
+takes that arg-max without upsampling most of the scores. ``logits`` keeps the upsampled logits (parity checks, other consumers).
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from torch import Tensor
 
 from vidseg_ros.errors import first_line
 from vidseg_ros.models.base import State, VideoSegModel
+from vidseg_ros.models.fpn import MODEL_OUTPUTS
 from vidseg_ros.runtime.backend_api import BackendUnavailable, check_precision
 from vidseg_ros.runtime.engine_cache import (
     CacheResult,
@@ -47,7 +47,7 @@ from vidseg_ros.runtime.engine_cache import (
     fields_digest,
     slot_name,
 )
-from vidseg_ros.runtime.onnx_export import STEP_OUTPUTS, export_onnx
+from vidseg_ros.runtime.onnx_export import export_onnx
 from vidseg_ros.runtime.steps import StepSpec, code_hash, model_fingerprint, nonkey_name, step_specs
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ FUSED_MAX_PIXELS = 320 * 240
 
 
 def step_output(requested: str | None, provider: str, image_hw: tuple[int, int]) -> str:
-    """What a step returns first (:data:`~vidseg_ros.runtime.onnx_export.STEP_OUTPUTS`): ``requested``, or
+    """What a step returns first (:data:`~vidseg_ros.models.fpn.MODEL_OUTPUTS`): ``requested``, or
     the default for ``provider`` and the image size."""
     if requested is not None:
         return requested
@@ -192,7 +192,7 @@ class OrtKey:
     Args:
         model_hash: Checkpoint SHA-256, or :func:`~vidseg_ros.runtime.steps.model_fingerprint`.
         step: ``key`` or ``nonkey``.
-        output: The steps' first output (:data:`~vidseg_ros.runtime.onnx_export.STEP_OUTPUTS`).
+        output: The steps' first output (:data:`~vidseg_ros.models.fpn.MODEL_OUTPUTS`).
         input_shapes: Shapes of the flat inputs, in call order.
         opset: ONNX opset of the export.
         providers: Execution providers, in order.
@@ -327,7 +327,7 @@ class OrtBackend:
         model_hash: Key of the weights, e.g. the checkpoint's :func:`file_hash`; default: a fingerprint.
         opset: ONNX opset, at least 17.
         progress: Called with a line of text before each step is loaded or exported.
-        output: What the steps return first (:data:`~vidseg_ros.runtime.onnx_export.STEP_OUTPUTS`); None:
+        output: What the steps return first (:data:`~vidseg_ros.models.fpn.MODEL_OUTPUTS`); None:
             by provider and size (:func:`step_output`).
     """
 
@@ -377,8 +377,8 @@ class OrtBackend:
         self.model_hash = model_hash or model_fingerprint(self.model)
         self.opset = opset
         self.progress = progress
-        if output is not None and output not in STEP_OUTPUTS:
-            raise ValueError(f"output must be one of {'|'.join(STEP_OUTPUTS)}, got {output!r}")
+        if output is not None and output not in MODEL_OUTPUTS:
+            raise ValueError(f"output must be one of {'|'.join(MODEL_OUTPUTS)}, got {output!r}")
         self.output = output
         self.results: list[CacheResult] = []
         self._steps: dict[tuple, OrtStep] = {}

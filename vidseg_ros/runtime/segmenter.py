@@ -195,7 +195,7 @@ class Segmenter:
         """Arg-max at inference size, downloaded as uint8, then enlarged to ``out_hw`` (nearest, centred).
 
         ``logits`` are ``[1, C, h, w]`` scores at the inference size or, as the CPU backends return them, at
-        the classifier's own size (:func:`~vidseg_ros.models.fpn.native_logits`), where the arg-max of their
+        the classifier's own size (``native``, :func:`~vidseg_ros.models.fpn.model_output`), where the arg-max of their
         bilinear upsampling is taken without upsampling most of them (:func:`upsample_ids`). A backend may
         also return the ids already (uint8 ``[1, 1, H, W]``).
         """
