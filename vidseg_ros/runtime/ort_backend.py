@@ -7,7 +7,8 @@ warps export in their ``clamped`` form (:data:`EXPORT_WARP`), which ORT's CPU ke
 ONNX Runtime optimises the graph (``ORT_ENABLE_ALL``) and the optimised model is stored in an
 :class:`~vidseg_ros.runtime.engine_cache.EngineCache` under ``<engine cache>/onnxruntime``: the next start only
 loads it. On the CPU the optimised graph holds layout transforms (NCHWc) chosen for this CPU's vector width, so
-the CPU is part of the key. For the CUDA and TensorRT providers only the hardware-independent basic rewrites
+the CPU is part of the key; before ORT optimises it, the graph's narrow tensors are widened to that layout's
+channel block (:mod:`~vidseg_ros.runtime.onnx_pad`). For the CUDA and TensorRT providers only the hardware-independent basic rewrites
 are stored and the rest is redone at load, because ORT cannot save a graph with provider-compiled nodes.
 
 Runs go through IO binding: inputs are bound where the torch tensors live, and every output is written by ORT
@@ -48,6 +49,7 @@ from vidseg_ros.runtime.engine_cache import (
     slot_name,
 )
 from vidseg_ros.runtime.onnx_export import export_onnx
+from vidseg_ros.runtime.onnx_pad import nchwc_block, pad_file
 from vidseg_ros.runtime.steps import StepSpec, code_hash, model_fingerprint, nonkey_name, step_specs
 
 log = logging.getLogger(__name__)
@@ -150,18 +152,25 @@ def ort_request_reason(requested: str, gpu: str | None) -> str:
     return f"requested {requested}{where} ({', '.join(ORT_PROVIDERS[provider])})"
 
 
-def cpu_identity() -> str:
-    """The CPU an optimised graph is valid on: architecture, model name and the vector extensions it has."""
-    name, flags = "", set()
+@functools.cache
+def _cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and feature flags (Linux; elsewhere an empty name and no flags)."""
+    name, flags = "", frozenset()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             field, _, value = (part.strip() for part in line.partition(":"))
             if field in ("model name", "Model", "Hardware") and not name:
                 name = value
             elif field in ("flags", "Features") and not flags:
-                flags = set(value.split())
+                flags = frozenset(value.split())
     except OSError:  # not Linux: the processor string is the best there is
         pass
+    return name, flags
+
+
+def cpu_identity() -> str:
+    """The CPU an optimised graph is valid on: architecture, model name and the vector extensions it has."""
+    name, flags = _cpu_info()
     isa = ",".join(sorted(flags & _ISA_FLAGS))
     return f"{platform.machine()} {name or platform.processor() or 'unknown'} [{isa}]"
 
@@ -175,7 +184,8 @@ def gpu_identity(device: torch.device) -> str:
 @functools.cache
 def export_code_hash() -> str:
     """:func:`~vidseg_ros.runtime.steps.code_hash` of this backend: its exporter and this builder."""
-    return code_hash(Path(__file__).with_name("onnx_export.py"), __file__)
+    here = Path(__file__)
+    return code_hash(here.with_name("onnx_export.py"), here.with_name("onnx_pad.py"), here)
 
 
 def ort_cache(cache_dir: str | Path | None = None) -> EngineCache:
@@ -412,6 +422,8 @@ class OrtBackend:
             raw = Path(tmp) / f"{spec.name}{ONNX_SUFFIX}"
             with torch.inference_mode(False):  # the tracer wants ordinary tensors
                 export_onnx(spec, raw, self.opset, warp=EXPORT_WARP, output=self.output_of(spec))
+            if self.provider == "cpu":
+                pad_file(raw, nchwc_block(platform.machine(), _cpu_info()[1]))
             try:
                 so = session_options(ort, self.threads, level, optimized_path=path)
                 ort.InferenceSession(str(raw), so, providers=["CPUExecutionProvider"])
