@@ -63,6 +63,19 @@ class _Padder:
         self.sliced: dict[str, str] = {}  # widened tensor -> its real channels
         self.nodes: list[Any] = []
         self.convs = 0
+        self.readers: dict[str, list[Any]] = {}
+        for node in self.graph.node:
+            for t in node.input:
+                self.readers.setdefault(t, []).append(node)
+
+    def takes_wide(self, node: Any) -> bool:
+        """Whether ``node`` can read a widened tensor (else it would only read it through a ``Slice``)."""
+        if node.op_type != "Conv":
+            return node.op_type in _UNARY or node.op_type in _ELEMENTWISE
+        if len(node.input) < 2 or node.input[1] not in self.inits:
+            return False
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        return group == 1 or tuple(self.inits[node.input[1]].dims[:2]) == (group, 1)
 
     def array(self, name: str) -> np.ndarray:
         return self.onnx.numpy_helper.to_array(self.inits[name])
@@ -103,7 +116,9 @@ class _Padder:
         if group == 1:
             if x in self.widened:
                 weight = _pad_axis(weight, 1, self.widened[x][1])
-            width = _round_up(out_channels, self.block)
+            # Widened only for a reader that keeps it so: a classifier whose logits go on to a resize stays.
+            wide = any(self.takes_wide(r) for r in self.readers.get(node.output[0], ()))
+            width = _round_up(out_channels, self.block) if wide else out_channels
         elif weight.shape[1] == 1 and group == out_channels and x in self.widened:  # depthwise
             width = self.widened[x][1]
             for a in node.attribute:
