@@ -1,4 +1,5 @@
-"""Batch norms folded into their convolutions for the eager backend: the same steps, fewer ops."""
+"""The eager backend's CPU copy: batch norms folded into their convolutions, and the encoders and decoders
+channels-last. The same steps, fewer ops."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from runtime_models import METHODS, tiny_model
 from torch import nn
 
-from vidseg_ros.models.folding import fold_batch_norms
+from vidseg_ros.models.folding import CHANNELS_LAST_PARTS, fold_batch_norms
 from vidseg_ros.models.fpn import model_output
 from vidseg_ros.runtime.backends import CudaBackend, EagerBackend
 
@@ -85,3 +86,45 @@ def test_a_model_over_a_foreign_onnx_file_runs_unfolded() -> None:
     backend = EagerBackend(model)
     backend.key_step(torch.randn(1, 3, 64, 96))
     assert backend.runner is model and _batch_norms(model) > 0
+
+
+def _conv_layouts(model: nn.Module) -> dict[bool, set[bool]]:
+    """Per "inside an encoder or decoder": the set of "weight is channels-last" over its convolutions' weights."""
+    seen: dict[bool, set[bool]] = {True: set(), False: set()}
+    for name, m in model.named_modules():
+        # 1x1 kernels and depthwise ones (one input channel per group) are both layouts at once.
+        if isinstance(m, nn.Conv2d) and m.weight.shape[-1] > 1 and m.weight.shape[1] > 1:
+            inside = any(part in CHANNELS_LAST_PARTS for part in name.split("."))
+            seen[inside].add(m.weight.is_contiguous(memory_format=torch.channels_last))
+    return seen
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_eager_backend_runs_encoders_and_decoders_channels_last_with_the_same_chain(name: str) -> None:
+    model = tiny_model(name)
+    _randomise_statistics(model)
+    backend = EagerBackend(model)
+    layouts = _conv_layouts(backend.runner)
+    assert layouts[True] == {True}  # every encoder and decoder convolution
+    assert layouts[False] <= {False}  # the rest (TWNet's correction, TDNet's attention) as it was
+    assert _conv_layouts(model)[True] == {False}  # the model itself is left alone
+
+    class Plain(EagerBackend):
+        channels_last = False
+
+    plain = Plain(model)
+    assert _conv_layouts(plain.runner)[True] == {False}
+    torch.manual_seed(2)
+    frames = [torch.randn(1, 3, 64, 96) for _ in range(5)]
+    flow = torch.randn(1, 2, 32, 48)
+    (a, sa), (b, sb) = plain.key_step(frames[0]), backend.key_step(frames[0])
+    for prev, image in zip(frames, frames[1:], strict=False):
+        assert b.is_contiguous() and all(t.is_contiguous() for t in sb.values())
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(sb, sa, rtol=1e-4, atol=1e-4)
+        (a, sa), (b, sb) = (
+            plain.nonkey_step(image, prev, flow, sa),
+            backend.nonkey_step(image, prev, flow, sb),
+        )
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    assert _conv_layouts(CudaBackend(model, device="cpu").runner)[True] == {False}  # not measured on a GPU

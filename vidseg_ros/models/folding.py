@@ -1,4 +1,5 @@
-"""Batch norms folded into the convolutions before them, for PyTorch eager inference.
+"""PyTorch eager inference on the CPU: batch norms folded into the convolutions before them, and the networks'
+weights in channels-last order.
 
 In eval mode a ``BatchNorm2d`` is a per-channel scale and shift of its input, so after a ``Conv2d`` it can be
 folded into that convolution's weights and bias. PyTorch eager runs every op on its own, and in a narrow,
@@ -55,3 +56,21 @@ def fold_batch_norms(model: M) -> M:
             if isinstance(module, nn.Sequential):
                 _fold_sequential(module)
     return folded
+
+
+#: Names of the submodules that :func:`channels_last_networks` converts: every model's encoders and decoders.
+CHANNELS_LAST_PARTS = ("backbone", "decoder")
+
+
+def channels_last_networks(model: torch.nn.Module) -> None:
+    """Puts the weights of ``model``'s encoders and decoders (submodules named in
+    :data:`CHANNELS_LAST_PARTS`, at any depth) in channels-last order, in place.
+
+    PyTorch's CPU convolutions (oneDNN) then run those networks in channels-last order without reordering
+    each one's input and output. The rest stays as it was: TWNet's non-key step, which warps its projected
+    state and runs a small correction on it, took 1.4x as long with every weight channels-last, and as long
+    as before with only these parts (one thread, 640x480, state handed over contiguous).
+    """
+    for name, module in model.named_modules():
+        if name.rpartition(".")[2] in CHANNELS_LAST_PARTS:
+            module.to(memory_format=torch.channels_last)
