@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from vidseg_ros.cli import main as vidseg
+from vidseg_ros.runtime.ort_backend import cpu_identity
 from vidseg_ros.tools.bench import METHODS, STAGES, compared_names, repeats_for, synthetic_frames, time_colour
 from vidseg_ros.tools.bench_measure import compare
 
@@ -55,6 +56,7 @@ def test_bench_smoke(nudged_checkpoint, tmp_path: Path, capsys: pytest.CaptureFi
 
     result = json.loads(out.read_text())
     assert set(result) == TOP_KEYS and result["format"] == "vidseg-bench/1"
+    assert result["machine"]["cpu"] == cpu_identity() and result["machine"]["cpu"] in printed
     assert result["config"]["sizes"] == ["96x64", "128x64"] and result["config"]["width_mult"] == 0.25
     assert result["config"]["models"]["perframe"] == "perframe_mobilenetv2_synth.pt"
     assert result["config"]["models"]["twnet"].startswith("untrained")

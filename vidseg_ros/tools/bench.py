@@ -13,7 +13,8 @@ and the ``seg_node`` children).
 
 JSON written with ``--json`` (format ``vidseg-bench/1``; keys marked + were added later, the rest unchanged)::
 
-    machine        platform, cores, torch version and threads, load average at start and end
+    machine        platform, cores, torch version and threads, load average at start and end; + cpu: the CPU's
+                   model and vector extensions (ONNX Runtime's cache key)
     config         sizes (WxH), repeats per size, backbone, width_mult, key_interval, flow_downscale, models,
                    backend, precision, backend_reason, device (of --backend, the main backend);
                    + compare: the backend names timed side by side (baseline first)
@@ -254,6 +255,8 @@ def _machine(args: argparse.Namespace) -> dict[str, Any]:
     """Platform facts; sets one thread when the machine is already busy and --threads was not given."""
     import torch
 
+    from vidseg_ros.runtime.ort_backend import cpu_identity
+
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     threads_note = "--threads" if args.threads else "torch default"
     if not args.threads and torch.get_num_threads() > 1 and load >= 0.5 * cores:
@@ -266,13 +269,17 @@ def _machine(args: argparse.Namespace) -> dict[str, Any]:
     machine = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        # Ratios between backends and methods move from one CPU to another, not only their times.
+        "cpu": cpu_identity(),
         "cores": cores,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "threads_note": threads_note,
         "loadavg_start": [load, *os.getloadavg()[1:]],
     }
-    machine["summary"] = f"{cores} cores, torch {torch.__version__} ({machine['threads']} threads)"
+    machine["summary"] = (
+        f"{cores} cores of {machine['cpu']}, torch {torch.__version__} ({machine['threads']} threads)"
+    )
     return machine
 
 
