@@ -146,7 +146,7 @@ def test_export_rejects_old_opset_and_bad_size(nudged_checkpoint, tmp_path: Path
 
 
 def test_export_tensorrt_without_tensorrt_fails_in_one_line(nudged_checkpoint, capsys) -> None:
-    from vidseg_ros.runtime.backends import torch_tensorrt_problem
+    from vidseg_ros.runtime.trt_backend import torch_tensorrt_problem
 
     if torch_tensorrt_problem() is None and torch.cuda.is_available():
         pytest.skip("torch-tensorrt and CUDA are present here")

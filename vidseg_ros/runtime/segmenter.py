@@ -68,7 +68,7 @@ def backend_request(device: str, backend: str) -> str:
         return "onnxruntime-cuda" if gpu else "onnxruntime"
     # auto on model.device cuda: TensorRT where it can run, else PyTorch; otherwise select_backend's auto.
     if device == "cuda":
-        from vidseg_ros.runtime.backends import torch_tensorrt_problem
+        from vidseg_ros.runtime.trt_backend import torch_tensorrt_problem
 
         pick_device("cuda")
         return "cuda" if torch_tensorrt_problem() else "tensorrt"

@@ -241,15 +241,11 @@ def _run_onnx(args: argparse.Namespace) -> int:
 def _run_tensorrt(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from vidseg_ros.runtime.backends import (
-        TRT_SUFFIX,
-        BackendUnavailable,
-        TensorRTBackend,
-        choose_backend,
-    )
+    from vidseg_ros.runtime.backends import BackendUnavailable, choose_backend
     from vidseg_ros.runtime.checkpoint import file_hash
     from vidseg_ros.runtime.engine_cache import EngineCache
     from vidseg_ros.runtime.steps import default_flow_hw, step_specs
+    from vidseg_ros.runtime.trt_backend import TRT_SUFFIX, TensorRTBackend
 
     try:
         _, precision, _ = choose_backend("tensorrt", args.precision)
