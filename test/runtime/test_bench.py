@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vidseg_ros.cli import main as vidseg
-from vidseg_ros.runtime.ort_backend import cpu_identity
+from vidseg_ros.runtime.hardware import cpu_identity
 from vidseg_ros.tools.bench import METHODS, STAGES, compared_names, repeats_for, synthetic_frames, time_colour
 from vidseg_ros.tools.bench_measure import compare
 

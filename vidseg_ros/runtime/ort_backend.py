@@ -48,6 +48,7 @@ from vidseg_ros.runtime.engine_cache import (
     fields_digest,
     slot_name,
 )
+from vidseg_ros.runtime.hardware import cpu_identity, cpu_info, gpu_identity
 from vidseg_ros.runtime.onnx_export import export_onnx
 from vidseg_ros.runtime.onnx_pad import nchwc_block, pad_file
 from vidseg_ros.runtime.steps import StepSpec, code_hash, model_fingerprint, nonkey_name, step_specs
@@ -94,11 +95,6 @@ CACHE_SUBDIR = "onnxruntime"
 GPU_HINT = "install the [ort-gpu] extra (onnxruntime-gpu)"
 #: setup.py extra that installs what each provider needs.
 EXTRAS = {"cpu": "onnx", "cuda": "ort-gpu", "tensorrt": "ort-gpu"}
-#: Instruction-set flags that decide which MLAS kernels and NCHWc block size an optimised CPU graph uses.
-_ISA_FLAGS = frozenset(
-    {"avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"}
-    | {"avx_vnni", "amx_tile", "amx_bf16", "asimd", "asimddp", "asimdhp", "sve", "sve2", "i8mm", "bf16"}
-)
 
 
 class OrtError(RuntimeError):
@@ -150,35 +146,6 @@ def ort_request_reason(requested: str, gpu: str | None) -> str:
         raise BackendUnavailable(f"backend '{requested}' requested but {' and '.join(problems)}{hint}")
     where = f" on '{gpu}'" if provider != "cpu" else ""
     return f"requested {requested}{where} ({', '.join(ORT_PROVIDERS[provider])})"
-
-
-@functools.cache
-def _cpu_info() -> tuple[str, frozenset[str]]:
-    """The CPU's model name and feature flags (Linux; elsewhere an empty name and no flags)."""
-    name, flags = "", frozenset()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            field, _, value = (part.strip() for part in line.partition(":"))
-            if field in ("model name", "Model", "Hardware") and not name:
-                name = value
-            elif field in ("flags", "Features") and not flags:
-                flags = frozenset(value.split())
-    except OSError:  # not Linux: the processor string is the best there is
-        pass
-    return name, flags
-
-
-def cpu_identity() -> str:
-    """The CPU an optimised graph is valid on: architecture, model name and the vector extensions it has."""
-    name, flags = _cpu_info()
-    isa = ",".join(sorted(flags & _ISA_FLAGS))
-    return f"{platform.machine()} {name or platform.processor() or 'unknown'} [{isa}]"
-
-
-def gpu_identity(device: torch.device) -> str:
-    index = device.index or 0
-    major, minor = torch.cuda.get_device_capability(index)
-    return f"{torch.cuda.get_device_name(index)} sm{major}.{minor}"
 
 
 @functools.cache
@@ -423,7 +390,7 @@ class OrtBackend:
             with torch.inference_mode(False):  # the tracer wants ordinary tensors
                 export_onnx(spec, raw, self.opset, warp=EXPORT_WARP, output=self.output_of(spec))
             if self.provider == "cpu":
-                pad_file(raw, nchwc_block(platform.machine(), _cpu_info()[1]))
+                pad_file(raw, nchwc_block(platform.machine(), cpu_info()[1]))
             try:
                 so = session_options(ort, self.threads, level, optimized_path=path)
                 ort.InferenceSession(str(raw), so, providers=["CPUExecutionProvider"])

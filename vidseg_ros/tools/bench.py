@@ -255,7 +255,7 @@ def _machine(args: argparse.Namespace) -> dict[str, Any]:
     """Platform facts; sets one thread when the machine is already busy and --threads was not given."""
     import torch
 
-    from vidseg_ros.runtime.ort_backend import cpu_identity
+    from vidseg_ros.runtime.hardware import cpu_identity
 
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     threads_note = "--threads" if args.threads else "torch default"
