@@ -4,7 +4,6 @@ interface, and convolutions that ORT's blocked CPU kernels take."""
 from __future__ import annotations
 
 import copy
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from runtime_models import tiny_model
 from torch import nn
 
 from vidseg_ros.runtime.onnx_export import export_onnx
-from vidseg_ros.runtime.onnx_pad import nchwc_block, pad_channels, pad_file
+from vidseg_ros.runtime.onnx_pad import host_block, nchwc_block, pad_channels, pad_file
 from vidseg_ros.runtime.steps import step_specs
 
 onnx = pytest.importorskip("onnx")
@@ -100,13 +99,7 @@ def test_widened_graph_computes_the_same_outputs_through_the_same_interface(tmp_
     assert all(t.name in used for t in padded.graph.initializer)
 
 
-def _cpu_block() -> int:
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = frozenset(cpuinfo.read_text().split()) if cpuinfo.exists() else frozenset()
-    return nchwc_block(platform.machine(), flags)
-
-
-@pytest.mark.skipif(not _cpu_block(), reason="ONNX Runtime has no blocked CPU kernels here")
+@pytest.mark.skipif(not host_block(), reason="ONNX Runtime has no blocked CPU kernels here")
 @pytest.mark.parametrize("name", ["perframe", "tdnet"])
 def test_ort_converts_layouts_less_often_in_a_widened_model(tmp_path: Path, name: str) -> None:
     """A MobileNetV2 x0.25 model has 8-channel tensors; widened, ORT converts between layouts less often."""
@@ -114,7 +107,7 @@ def test_ort_converts_layouts_less_often_in_a_widened_model(tmp_path: Path, name
     export_onnx(spec, tmp_path / "step.onnx", 17)
     plain = onnx.load(tmp_path / "step.onnx")
     padded = copy.deepcopy(plain)
-    assert pad_channels(padded, _cpu_block()) > 0
+    assert pad_channels(padded, host_block()) > 0
 
     def reorders(model, name: str) -> int:
         _session(model, tmp_path / name)  # ORT writes the graph it optimised for this CPU

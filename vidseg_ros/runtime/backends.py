@@ -61,8 +61,9 @@ class EagerBackend:
     (:func:`~vidseg_ros.models.folding.fold_batch_norms`), made by :meth:`prepare` or else at the first
     step: the same masks. In one interleaved run of ``vidseg eval``'s runner at 320x240 (one thread), each
     checkpoint folded and not, the per-frame model and TD4 took 17% less time a frame, TD2 13%. On the CPU the
-    copy's encoders and decoders also hold their weights channels-last (:func:`~vidseg_ros.models.folding.channels_last_networks`), so
-    oneDNN runs their convolutions without reordering; the steps return contiguous logits and state.
+    copy's encoders and decoders also hold their weights channels-last
+    (:func:`~vidseg_ros.models.folding.channels_last_networks`), so oneDNN runs their convolutions without
+    reordering; the steps return contiguous logits and state.
     """
 
     name: ClassVar[str] = "cpu"

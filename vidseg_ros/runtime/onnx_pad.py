@@ -22,10 +22,13 @@ in its blocked layout.
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vidseg_ros.runtime.hardware import cpu_info
 
 #: Element-wise ops whose output is widened like their inputs when every tensor input is.
 _ELEMENTWISE = frozenset({"Add", "Sub", "Mul"})
@@ -41,6 +44,11 @@ def nchwc_block(machine: str, flags: frozenset[str] | set[str]) -> int:
     if "avx512f" in flags:
         return 16
     return 8 if "avx" in flags or "avx2" in flags else 0
+
+
+def host_block() -> int:
+    """:func:`nchwc_block` of the CPU this runs on."""
+    return nchwc_block(platform.machine(), cpu_info()[1])
 
 
 def _round_up(n: int, block: int) -> int:

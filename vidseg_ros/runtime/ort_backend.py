@@ -8,8 +8,9 @@ ONNX Runtime optimises the graph (``ORT_ENABLE_ALL``) and the optimised model is
 :class:`~vidseg_ros.runtime.engine_cache.EngineCache` under ``<engine cache>/onnxruntime``: the next start only
 loads it. On the CPU the optimised graph holds layout transforms (NCHWc) chosen for this CPU's vector width, so
 the CPU is part of the key; before ORT optimises it, the graph's narrow tensors are widened to that layout's
-channel block (:mod:`~vidseg_ros.runtime.onnx_pad`). For the CUDA and TensorRT providers only the hardware-independent basic rewrites
-are stored and the rest is redone at load, because ORT cannot save a graph with provider-compiled nodes.
+channel block (:mod:`~vidseg_ros.runtime.onnx_pad`). For the CUDA and TensorRT providers only the
+hardware-independent basic rewrites are stored and the rest is redone at load, because ORT cannot save a graph
+with provider-compiled nodes.
 
 Runs go through IO binding: inputs are bound where the torch tensors live, and every output is written by ORT
 straight into a fresh torch tensor, so the outputs and the state come back without a copy and never alias a
@@ -26,7 +27,6 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import platform
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -48,9 +48,9 @@ from vidseg_ros.runtime.engine_cache import (
     fields_digest,
     slot_name,
 )
-from vidseg_ros.runtime.hardware import cpu_identity, cpu_info, gpu_identity
+from vidseg_ros.runtime.hardware import cpu_identity, gpu_identity
 from vidseg_ros.runtime.onnx_export import export_onnx
-from vidseg_ros.runtime.onnx_pad import nchwc_block, pad_file
+from vidseg_ros.runtime.onnx_pad import host_block, pad_file
 from vidseg_ros.runtime.steps import StepSpec, code_hash, model_fingerprint, nonkey_name, step_specs
 
 log = logging.getLogger(__name__)
@@ -390,7 +390,7 @@ class OrtBackend:
             with torch.inference_mode(False):  # the tracer wants ordinary tensors
                 export_onnx(spec, raw, self.opset, warp=EXPORT_WARP, output=self.output_of(spec))
             if self.provider == "cpu":
-                pad_file(raw, nchwc_block(platform.machine(), cpu_info()[1]))
+                pad_file(raw, host_block())
             try:
                 so = session_options(ort, self.threads, level, optimized_path=path)
                 ort.InferenceSession(str(raw), so, providers=["CPUExecutionProvider"])
