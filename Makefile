@@ -114,6 +114,23 @@ seeds: bags
 	  $(foreach m,perframe tdnet4 tdnet2 perframe_shallow,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt) \
 	  $(foreach m,perframe td4 td2 perframe_shallow,$(foreach sd,1 2,--checkpoint $(SEEDS)/$(m)_seed$(sd).pt))
 
+# TDNet against per-frame models of about its cost: one TDNet sub-network's backbone (shallow MobileNetV2 x0.25)
+# with a wider decoder, 80 or 96 channels, each trained like the shipped models (stage 1 of 1600 steps, then 300
+# per-frame steps with seeds 0-2); evaluated with the shipped TDNet and per-frame checkpoints on six held-out
+# bags (seeds 101-106). About 75 min (one run at a time, one thread).
+EQCOST := out/eqcost
+.PHONY: eqcost
+eqcost: bags
+	for s in 104 105 106; do test -e $(BAGS)/test_s$$s || $(VENV)/bin/vidseg synth --seed $$s --frames 60 --out $(BAGS)/test_s$$s; done
+	for d in 80 96; do \
+	  $(TRAIN) --method perframe --backbone mobilenetv2_shallow --width-mult 0.25 --decoder-channels $$d \
+	    --out $(EQCOST)/stage1_d$$d.pt --steps 1600 || exit 1; \
+	  for sd in 0 1 2; do $(TRAIN_SEED) $$sd --method perframe --out $(EQCOST)/d$${d}_seed$$sd.pt \
+	    --init $(EQCOST)/stage1_d$$d.pt --steps 300 --lr 2e-4 || exit 1; done; done
+	$(VENV)/bin/vidseg eval $(foreach s,101 102 103 104 105 106,--bag $(BAGS)/test_s$(s)) --threads 1 --json $(EQCOST)/eval.json \
+	  $(foreach m,perframe tdnet4 tdnet2 perframe_shallow,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt) \
+	  $(foreach d,80 96,$(foreach sd,0 1 2,--checkpoint $(EQCOST)/d$(d)_seed$(sd).pt))
+
 # TWNet on codec motion: the held-out scenes as H.264, keyed on their I-frames, codec vectors as flow, decoding
 # charged to every method alike; the DIS-trained TWNet runs on the same codec motion for comparison.
 codec: bags
