@@ -117,9 +117,10 @@ seeds: bags
 
 # TDNet against per-frame models of about its cost: one TDNet sub-network's backbone (shallow MobileNetV2 x0.25)
 # with a wider decoder, 80 or 96 channels, each trained like the shipped models: a stage 1 of 1600 steps, then 300
-# per-frame steps (seeds 0-2), and a second stage 1 (seed 1) with 300 steps after it. The shipped recipes are
-# rerun from `make train`'s stage-1 files (run that first), a second stage-1 sample beside the shipped one. One
-# evaluation of all of them on six held-out bags (seeds 101-106). About 2 h (one run at a time, one thread).
+# per-frame steps (seeds 0-2), and a second stage 1 (seed 1) with 300 steps after it. The shipped recipes run
+# again from their two stage 1s trained again (`make train`'s commands, into $(EQCOST)): a second stage-1 sample
+# beside the shipped checkpoints. One evaluation of all of them on six held-out bags (seeds 101-106). About
+# 2 h 45 min (one run at a time, one thread).
 EQCOST := out/eqcost
 EQ_FT  := --steps 300 --lr 2e-4 --method perframe
 .PHONY: eqcost
@@ -131,10 +132,12 @@ eqcost: bags
 	  for sd in 0 1 2; do $(TRAIN_SEED) $$sd $(EQ_FT) --init $(EQCOST)/stage1_d$${d}_seed0.pt --out $(EQCOST)/d$${d}_seed$$sd.pt \
 	    || exit 1; done; \
 	  $(TRAIN) $(EQ_FT) --init $(EQCOST)/stage1_d$${d}_seed1.pt --out $(EQCOST)/d$${d}_stage1seed1.pt || exit 1; done
-	$(TRAIN) $(EQ_FT) --init $(CKPT)/perframe_s1.pt --out $(EQCOST)/perframe_rerun.pt
-	$(TRAIN) $(EQ_FT) --init $(CKPT)/shallow_s1.pt --out $(EQCOST)/perframe_shallow_rerun.pt
-	for n in 4 2; do $(TRAIN) --method tdnet --paths $$n --out $(EQCOST)/tdnet$${n}_rerun.pt --init $(CKPT)/shallow_s1.pt \
-	  --teacher $(CKPT)/perframe_s1.pt --steps 300 || exit 1; done
+	$(TRAIN) --method perframe --out $(EQCOST)/perframe_s1.pt --steps 1600
+	$(TRAIN) --method perframe --backbone mobilenetv2_shallow --width-mult 0.25 --decoder-channels 48 --out $(EQCOST)/shallow_s1.pt --steps 1600
+	$(TRAIN) $(EQ_FT) --init $(EQCOST)/perframe_s1.pt --out $(EQCOST)/perframe_rerun.pt
+	$(TRAIN) $(EQ_FT) --init $(EQCOST)/shallow_s1.pt --out $(EQCOST)/perframe_shallow_rerun.pt
+	for n in 4 2; do $(TRAIN) --method tdnet --paths $$n --out $(EQCOST)/tdnet$${n}_rerun.pt --init $(EQCOST)/shallow_s1.pt \
+	  --teacher $(EQCOST)/perframe_s1.pt --steps 300 || exit 1; done
 	$(VENV)/bin/vidseg eval $(foreach s,101 102 103 104 105 106,--bag $(BAGS)/test_s$(s)) --threads 1 --json $(EQCOST)/eval.json \
 	  $(foreach m,perframe tdnet4 tdnet2 perframe_shallow,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt) \
 	  $(foreach m,perframe tdnet4 tdnet2 perframe_shallow,--checkpoint $(EQCOST)/$(m)_rerun.pt) \
