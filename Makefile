@@ -51,6 +51,8 @@ TRAIN_BAGS := $(foreach s,1 2 3 4 5 6 7 8,--bag $(BAGS)/train_s$(s))
 TEST_BAGS  := $(foreach s,101 102 103,--bag $(BAGS)/test_s$(s))
 TRAIN      := $(VENV)/bin/vidseg train $(TRAIN_BAGS) --batch 8 --seed 0 --threads 1
 TRAIN_SEED := $(VENV)/bin/vidseg train $(TRAIN_BAGS) --batch 8 --threads 1 --seed
+#: One TDNet sub-network's architecture (shallow MobileNetV2 x0.25) in stage 1; the decoder's width follows.
+SHALLOW_S1 := --method perframe --backbone mobilenetv2_shallow --width-mult 0.25 --steps 1600 --decoder-channels
 TRAIN_H264 := $(VENV)/bin/vidseg train $(foreach s,1 2 3 4 5 6 7 8,--bag $(H264)/train_s$(s)) $(H264_TOPIC) --batch 8 --seed 0 --threads 1
 
 .PHONY: bags train results codec
@@ -76,7 +78,7 @@ train: bags
 	$(TRAIN_H264) --method twnet --warp-layer 3 --no-correction --out $(CKPT)/twnet_codec_warponly_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	# TDNet: a shallow MobileNetV2 x0.25 stage 1 (the same 1600 steps); its sub-networks start from it and distil
 	# from the x0.5 stage-1 model. The same stage 1 plus 300 per-frame steps is the per-frame model of equal cost.
-	$(TRAIN) --method perframe --backbone mobilenetv2_shallow --width-mult 0.25 --decoder-channels 48 --out $(CKPT)/shallow_s1.pt --steps 1600
+	$(TRAIN) $(SHALLOW_S1) 48 --out $(CKPT)/shallow_s1.pt
 	$(TRAIN) --method perframe --out $(CKPT)/perframe_shallow_mobilenetv2_synth.pt --init $(CKPT)/shallow_s1.pt --steps 300 --lr 2e-4
 	$(TRAIN) --method tdnet --paths 4 --out $(CKPT)/tdnet4_mobilenetv2_synth.pt --init $(CKPT)/shallow_s1.pt --teacher $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN) --method tdnet --paths 2 --out $(CKPT)/tdnet2_mobilenetv2_synth.pt --init $(CKPT)/shallow_s1.pt --teacher $(CKPT)/perframe_s1.pt --steps 300
@@ -127,13 +129,12 @@ EQ_FT  := --steps 300 --lr 2e-4 --method perframe
 eqcost: bags
 	for s in 104 105 106; do test -e $(BAGS)/test_s$$s || $(VENV)/bin/vidseg synth --seed $$s --frames 60 --out $(BAGS)/test_s$$s; done
 	for d in 80 96; do for s1 in 0 1; do \
-	  $(TRAIN_SEED) $$s1 --method perframe --backbone mobilenetv2_shallow --width-mult 0.25 --decoder-channels $$d \
-	    --out $(EQCOST)/stage1_d$${d}_seed$$s1.pt --steps 1600 || exit 1; done; \
+	  $(TRAIN_SEED) $$s1 $(SHALLOW_S1) $$d --out $(EQCOST)/stage1_d$${d}_seed$$s1.pt || exit 1; done; \
 	  for sd in 0 1 2; do $(TRAIN_SEED) $$sd $(EQ_FT) --init $(EQCOST)/stage1_d$${d}_seed0.pt --out $(EQCOST)/d$${d}_seed$$sd.pt \
 	    || exit 1; done; \
 	  $(TRAIN) $(EQ_FT) --init $(EQCOST)/stage1_d$${d}_seed1.pt --out $(EQCOST)/d$${d}_stage1seed1.pt || exit 1; done
 	$(TRAIN) --method perframe --out $(EQCOST)/perframe_s1.pt --steps 1600
-	$(TRAIN) --method perframe --backbone mobilenetv2_shallow --width-mult 0.25 --decoder-channels 48 --out $(EQCOST)/shallow_s1.pt --steps 1600
+	$(TRAIN) $(SHALLOW_S1) 48 --out $(EQCOST)/shallow_s1.pt
 	$(TRAIN) $(EQ_FT) --init $(EQCOST)/perframe_s1.pt --out $(EQCOST)/perframe_rerun.pt
 	$(TRAIN) $(EQ_FT) --init $(EQCOST)/shallow_s1.pt --out $(EQCOST)/perframe_shallow_rerun.pt
 	for n in 4 2; do $(TRAIN) --method tdnet --paths $$n --out $(EQCOST)/tdnet$${n}_rerun.pt --init $(EQCOST)/shallow_s1.pt \
