@@ -49,8 +49,12 @@ H264_TOPIC := --image-topic /camera/image_raw/h264
 CKPT       := out/ckpt
 TRAIN_BAGS := $(foreach s,1 2 3 4 5 6 7 8,--bag $(BAGS)/train_s$(s))
 TEST_BAGS  := $(foreach s,101 102 103,--bag $(BAGS)/test_s$(s))
+#: Six held-out bags (`heldout6` writes 104-106) for the TDNet comparisons.
+TEST6_BAGS := $(foreach s,101 102 103 104 105 106,--bag $(BAGS)/test_s$(s))
 TRAIN      := $(VENV)/bin/vidseg train $(TRAIN_BAGS) --batch 8 --seed 0 --threads 1
 TRAIN_SEED := $(VENV)/bin/vidseg train $(TRAIN_BAGS) --batch 8 --threads 1 --seed
+#: The per-frame fine-tuning of 300 steps after a stage 1.
+PF_FT      := --method perframe --steps 300 --lr 2e-4
 #: One TDNet sub-network's architecture (shallow MobileNetV2 x0.25) in stage 1; the decoder's width follows.
 SHALLOW_S1 := --method perframe --backbone mobilenetv2_shallow --width-mult 0.25 --steps 1600 --decoder-channels
 TRAIN_H264 := $(VENV)/bin/vidseg train $(foreach s,1 2 3 4 5 6 7 8,--bag $(H264)/train_s$(s)) $(H264_TOPIC) --batch 8 --seed 0 --threads 1
@@ -67,7 +71,7 @@ bags: setup
 # TDNet section (`make eqcost`) shows how far the models after it moved.
 train: bags
 	$(TRAIN) --method perframe --out $(CKPT)/perframe_s1.pt --steps 1600
-	$(TRAIN) --method perframe --out $(CKPT)/perframe_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300 --lr 2e-4
+	$(TRAIN) $(PF_FT) --out $(CKPT)/perframe_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt
 	$(TRAIN) --method netwarp --out $(CKPT)/netwarp_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN) --method netwarp --netwarp-layers c5,p2 --out $(CKPT)/netwarp_c5p2_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN) --method twnet --warp-layer 3 --out $(CKPT)/twnet_mobilenetv2_synth.pt --init $(CKPT)/perframe_s1.pt --steps 300
@@ -79,7 +83,7 @@ train: bags
 	# TDNet: a shallow MobileNetV2 x0.25 stage 1 (the same 1600 steps); its sub-networks start from it and distil
 	# from the x0.5 stage-1 model. The same stage 1 plus 300 per-frame steps is the per-frame model of equal cost.
 	$(TRAIN) $(SHALLOW_S1) 48 --out $(CKPT)/shallow_s1.pt
-	$(TRAIN) --method perframe --out $(CKPT)/perframe_shallow_mobilenetv2_synth.pt --init $(CKPT)/shallow_s1.pt --steps 300 --lr 2e-4
+	$(TRAIN) $(PF_FT) --out $(CKPT)/perframe_shallow_mobilenetv2_synth.pt --init $(CKPT)/shallow_s1.pt
 	$(TRAIN) --method tdnet --paths 4 --out $(CKPT)/tdnet4_mobilenetv2_synth.pt --init $(CKPT)/shallow_s1.pt --teacher $(CKPT)/perframe_s1.pt --steps 300
 	$(TRAIN) --method tdnet --paths 2 --out $(CKPT)/tdnet2_mobilenetv2_synth.pt --init $(CKPT)/shallow_s1.pt --teacher $(CKPT)/perframe_s1.pt --steps 300
 	cp $(CKPT)/*_mobilenetv2_synth.pt vidseg_ros/checkpoints/
@@ -104,16 +108,18 @@ results: bags
 # shared; run `make train` first), evaluated with the shipped seed-0 checkpoints on six held-out bags (seeds
 # 101-106). About 40 min.
 SEEDS := out/seeds
-.PHONY: seeds
-seeds: bags
+.PHONY: heldout6 seeds
+heldout6: bags
 	for s in 104 105 106; do test -e $(BAGS)/test_s$$s || $(VENV)/bin/vidseg synth --seed $$s --frames 60 --out $(BAGS)/test_s$$s; done
+
+seeds: heldout6
 	for sd in 1 2; do \
-	  $(TRAIN_SEED) $$sd --method perframe --out $(SEEDS)/perframe_seed$$sd.pt --init $(CKPT)/perframe_s1.pt --steps 300 --lr 2e-4 && \
-	  $(TRAIN_SEED) $$sd --method perframe --out $(SEEDS)/perframe_shallow_seed$$sd.pt --init $(CKPT)/shallow_s1.pt --steps 300 --lr 2e-4 && \
+	  $(TRAIN_SEED) $$sd $(PF_FT) --out $(SEEDS)/perframe_seed$$sd.pt --init $(CKPT)/perframe_s1.pt && \
+	  $(TRAIN_SEED) $$sd $(PF_FT) --out $(SEEDS)/perframe_shallow_seed$$sd.pt --init $(CKPT)/shallow_s1.pt && \
 	  $(TRAIN_SEED) $$sd --method tdnet --paths 4 --out $(SEEDS)/td4_seed$$sd.pt --init $(CKPT)/shallow_s1.pt --teacher $(CKPT)/perframe_s1.pt --steps 300 && \
 	  $(TRAIN_SEED) $$sd --method tdnet --paths 2 --out $(SEEDS)/td2_seed$$sd.pt --init $(CKPT)/shallow_s1.pt --teacher $(CKPT)/perframe_s1.pt --steps 300 \
 	  || exit 1; done
-	$(VENV)/bin/vidseg eval $(foreach s,101 102 103 104 105 106,--bag $(BAGS)/test_s$(s)) --threads 1 --json $(SEEDS)/eval_seeds.json \
+	$(VENV)/bin/vidseg eval $(TEST6_BAGS) --threads 1 --json $(SEEDS)/eval_seeds.json \
 	  $(foreach m,perframe tdnet4 tdnet2 perframe_shallow,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt) \
 	  $(foreach m,perframe td4 td2 perframe_shallow,$(foreach sd,1 2,--checkpoint $(SEEDS)/$(m)_seed$(sd).pt))
 
@@ -124,22 +130,20 @@ seeds: bags
 # beside the shipped checkpoints. One evaluation of all of them on six held-out bags (seeds 101-106). About
 # 2 h 45 min (one run at a time, one thread).
 EQCOST := out/eqcost
-EQ_FT  := --steps 300 --lr 2e-4 --method perframe
 .PHONY: eqcost
-eqcost: bags
-	for s in 104 105 106; do test -e $(BAGS)/test_s$$s || $(VENV)/bin/vidseg synth --seed $$s --frames 60 --out $(BAGS)/test_s$$s; done
+eqcost: heldout6
 	for d in 80 96; do for s1 in 0 1; do \
 	  $(TRAIN_SEED) $$s1 $(SHALLOW_S1) $$d --out $(EQCOST)/stage1_d$${d}_seed$$s1.pt || exit 1; done; \
-	  for sd in 0 1 2; do $(TRAIN_SEED) $$sd $(EQ_FT) --init $(EQCOST)/stage1_d$${d}_seed0.pt --out $(EQCOST)/d$${d}_seed$$sd.pt \
+	  for sd in 0 1 2; do $(TRAIN_SEED) $$sd $(PF_FT) --init $(EQCOST)/stage1_d$${d}_seed0.pt --out $(EQCOST)/d$${d}_seed$$sd.pt \
 	    || exit 1; done; \
-	  $(TRAIN) $(EQ_FT) --init $(EQCOST)/stage1_d$${d}_seed1.pt --out $(EQCOST)/d$${d}_stage1seed1.pt || exit 1; done
+	  $(TRAIN) $(PF_FT) --init $(EQCOST)/stage1_d$${d}_seed1.pt --out $(EQCOST)/d$${d}_stage1seed1.pt || exit 1; done
 	$(TRAIN) --method perframe --out $(EQCOST)/perframe_s1.pt --steps 1600
 	$(TRAIN) $(SHALLOW_S1) 48 --out $(EQCOST)/shallow_s1.pt
-	$(TRAIN) $(EQ_FT) --init $(EQCOST)/perframe_s1.pt --out $(EQCOST)/perframe_rerun.pt
-	$(TRAIN) $(EQ_FT) --init $(EQCOST)/shallow_s1.pt --out $(EQCOST)/perframe_shallow_rerun.pt
+	$(TRAIN) $(PF_FT) --init $(EQCOST)/perframe_s1.pt --out $(EQCOST)/perframe_rerun.pt
+	$(TRAIN) $(PF_FT) --init $(EQCOST)/shallow_s1.pt --out $(EQCOST)/perframe_shallow_rerun.pt
 	for n in 4 2; do $(TRAIN) --method tdnet --paths $$n --out $(EQCOST)/tdnet$${n}_rerun.pt --init $(EQCOST)/shallow_s1.pt \
 	  --teacher $(EQCOST)/perframe_s1.pt --steps 300 || exit 1; done
-	$(VENV)/bin/vidseg eval $(foreach s,101 102 103 104 105 106,--bag $(BAGS)/test_s$(s)) --threads 1 --json $(EQCOST)/eval.json \
+	$(VENV)/bin/vidseg eval $(TEST6_BAGS) --threads 1 --json $(EQCOST)/eval.json \
 	  $(foreach m,perframe tdnet4 tdnet2 perframe_shallow,--checkpoint vidseg_ros/checkpoints/$(m)_mobilenetv2_synth.pt) \
 	  $(foreach m,perframe tdnet4 tdnet2 perframe_shallow,--checkpoint $(EQCOST)/$(m)_rerun.pt) \
 	  $(foreach d,80 96,$(foreach c,seed0 seed1 seed2 stage1seed1,--checkpoint $(EQCOST)/d$(d)_$(c).pt))
