@@ -164,6 +164,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ValueError(f"lr must be > 0, got {self.learning_rate}")
+        if self.decoder_channels is not None and self.decoder_channels < 1:
+            raise ValueError(f"decoder channels must be >= 1, got {self.decoder_channels}")
+        if self.width_mult is not None and not self.width_mult > 0:
+            raise ValueError(f"width mult must be > 0, got {self.width_mult}")
         if self.weight_decay < 0 or self.lam < 0:
             raise ValueError("weight decay and lambda must be >= 0")
         if self.key_interval < 2 and self.method == "twnet":

@@ -79,7 +79,7 @@ def _image_model(cfg: TrainConfig, classes: ClassTable) -> tuple[PerFrameModel, 
         backbone=backbone,
         num_classes=len(classes),
         width_mult=width,
-        decoder_channels=cfg.decoder_channels or DECODER_CHANNELS,
+        decoder_channels=DECODER_CHANNELS if cfg.decoder_channels is None else cfg.decoder_channels,
     )
     if cfg.pretrained_backbone is not None:
         load_pretrained_backbone(model.backbone, cfg.pretrained_backbone)
