@@ -6,16 +6,16 @@ Checkpoints store :func:`arch_config` of their model and rebuild it with ``build
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from vidseg_ros.models.backbones import BACKBONES, WIDTH_BACKBONES
 from vidseg_ros.models.base import VideoSegModel
 from vidseg_ros.models.grfp import DEFAULT_KERNEL, GRFPModel
-from vidseg_ros.models.netwarp import DEFAULT_LAYERS, NetWarpModel
+from vidseg_ros.models.netwarp import NetWarpModel
 from vidseg_ros.models.perframe import DECODER_CHANNELS, PerFrameModel
-from vidseg_ros.models.tdnet import DEFAULT_KEY_CHANNELS, DEFAULT_PATHS, TDNetModel
-from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL, DEFAULT_WARP_LAYER, TWNetModel
+from vidseg_ros.models.tdnet import TDNetModel
+from vidseg_ros.models.twnet import TWNetModel
 
 Builder = Callable[..., VideoSegModel]
 B = TypeVar("B", bound=Builder)
@@ -95,94 +95,9 @@ def arch_config(model: VideoSegModel) -> dict[str, Any]:
     return {"method": model.method, **config()}
 
 
-@register_model("perframe")
-def _perframe(
-    *, backbone: str, num_classes: int, width_mult: float, decoder_channels: int = DECODER_CHANNELS
-) -> PerFrameModel:
-    return PerFrameModel(
-        num_classes=num_classes, backbone=backbone, width_mult=width_mult, decoder_channels=decoder_channels
-    )
-
-
-@register_model("netwarp")
-def _netwarp(
-    *,
-    backbone: str,
-    num_classes: int,
-    width_mult: float,
-    decoder_channels: int = DECODER_CHANNELS,
-    layers: Sequence[str] = DEFAULT_LAYERS,
-) -> NetWarpModel:
-    return NetWarpModel(
-        num_classes=num_classes,
-        backbone=backbone,
-        width_mult=width_mult,
-        decoder_channels=decoder_channels,
-        layers=layers,
-    )
-
-
-@register_model("twnet")
-def _twnet(
-    *,
-    backbone: str,
-    num_classes: int,
-    width_mult: float,
-    decoder_channels: int = DECODER_CHANNELS,
-    warp_layer: int = DEFAULT_WARP_LAYER,
-    correction: bool = True,
-    key_interval: int = DEFAULT_KEY_INTERVAL,
-    cfr: str = "bottleneck",
-) -> TWNetModel:
-    return TWNetModel(
-        num_classes=num_classes,
-        backbone=backbone,
-        width_mult=width_mult,
-        decoder_channels=decoder_channels,
-        warp_layer=warp_layer,
-        correction=correction,
-        key_interval=key_interval,
-        cfr=cfr,
-    )
-
-
-@register_model("grfp")
-def _grfp(
-    *,
-    backbone: str,
-    num_classes: int,
-    width_mult: float,
-    decoder_channels: int = DECODER_CHANNELS,
-    kernel: int = DEFAULT_KERNEL,
-) -> GRFPModel:
-    return GRFPModel(
-        num_classes=num_classes,
-        backbone=backbone,
-        width_mult=width_mult,
-        decoder_channels=decoder_channels,
-        kernel=kernel,
-    )
-
-
-@register_model("tdnet")
-def _tdnet(
-    *,
-    backbone: str,
-    num_classes: int,
-    width_mult: float,
-    decoder_channels: int = DECODER_CHANNELS,
-    paths: int = DEFAULT_PATHS,
-    key_channels: int = DEFAULT_KEY_CHANNELS,
-) -> TDNetModel:
-    """TDNet: ``backbone``, ``width_mult`` and ``decoder_channels`` are each sub-network's."""
-    return TDNetModel(
-        num_classes=num_classes,
-        backbone=backbone,
-        width_mult=width_mult,
-        decoder_channels=decoder_channels,
-        paths=paths,
-        key_channels=key_channels,
-    )
+# The methods' own classes are their builders: their keyword-only constructors are the options.
+for _cls in (PerFrameModel, NetWarpModel, TWNetModel, GRFPModel, TDNetModel):
+    register_model(_cls.method)(_cls)
 
 
 @register_model("grfp_onnx")
