@@ -102,12 +102,20 @@ def test_widened_graph_computes_the_same_outputs_through_the_same_interface(tmp_
 @pytest.mark.skipif(not host_block(), reason="ONNX Runtime has no blocked CPU kernels here")
 @pytest.mark.parametrize("name", ["perframe", "tdnet"])
 def test_ort_converts_layouts_less_often_in_a_widened_model(tmp_path: Path, name: str) -> None:
-    """A MobileNetV2 x0.25 model has 8-channel tensors; widened, ORT converts between layouts less often."""
+    """A MobileNetV2 x0.25 model has 8-channel tensors; widened, ORT converts between layouts less often.
+
+    That needs 16-channel blocks (AVX-512). With AVX2's 8-channel blocks every tensor of the model is already
+    whole blocks, and the pass must leave the graph as it is.
+    """
     (spec,) = step_specs(tiny_model(name).inference_form(), (64, 96), None, steps=("key",))
     export_onnx(spec, tmp_path / "step.onnx", 17)
     plain = onnx.load(tmp_path / "step.onnx")
     padded = copy.deepcopy(plain)
-    assert pad_channels(padded, host_block()) > 0
+    widened = pad_channels(padded, host_block())
+    if host_block() % BLOCK:
+        assert widened == 0 and padded == plain
+        pytest.skip(f"no tensor of the x0.25 model is narrower than this CPU's {host_block()}-channel block")
+    assert widened > 0
 
     def reorders(model, name: str) -> int:
         _session(model, tmp_path / name)  # ORT writes the graph it optimised for this CPU
