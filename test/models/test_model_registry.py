@@ -74,3 +74,10 @@ def test_arch_config_round_trip(method: str, options: dict) -> None:
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval().key_step(x)[0], model.eval().key_step(x)[0])
+
+
+def test_options_left_out_take_the_method_classs_defaults() -> None:
+    """TDNet's sub-networks default to the shipped 48-channel decoder, not the per-frame model's 96."""
+    tdnet = build_model("tdnet", backbone="mobilenetv2_shallow", width_mult=0.25, num_classes=9)
+    assert tdnet.config()["decoder_channels"] == 48 and tdnet.config()["paths"] == 4
+    assert build_model("perframe", num_classes=9).config()["decoder_channels"] == 96
