@@ -20,6 +20,8 @@ LAYERS: tuple[str, ...] = LEVELS + DECODER_LEVELS
 #: Default decoder width. The stride-4 decoder layer is memory-bound on CPUs; 96 keeps it to ~15% of the
 #: per-frame time with MobileNetV2 while leaving ample capacity for a handful of classes.
 DECODER_CHANNELS = 96
+#: The narrowest decoder the registry builds.
+MIN_DECODER_CHANNELS = 8
 
 
 class PerFrameModel(VideoSegModel):

@@ -13,7 +13,7 @@ from vidseg_ros.models.backbones import BACKBONES, WIDTH_BACKBONES
 from vidseg_ros.models.base import VideoSegModel
 from vidseg_ros.models.grfp import DEFAULT_KERNEL, GRFPModel
 from vidseg_ros.models.netwarp import NetWarpModel
-from vidseg_ros.models.perframe import DECODER_CHANNELS, PerFrameModel
+from vidseg_ros.models.perframe import DECODER_CHANNELS, MIN_DECODER_CHANNELS, PerFrameModel
 from vidseg_ros.models.tdnet import TDNetModel
 from vidseg_ros.models.twnet import TWNetModel
 
@@ -54,8 +54,14 @@ def _check_common(backbone: str, num_classes: int, width_mult: float, decoder_ch
         raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
     if backbone not in WIDTH_BACKBONES and width_mult != 1.0:
         raise ValueError(f"width_mult applies to mobilenetv2 only; {backbone} needs 1.0, got {width_mult}")
-    if isinstance(decoder_channels, bool) or not isinstance(decoder_channels, int) or decoder_channels < 8:
-        raise ValueError(f"decoder_channels must be an int >= 8, got {decoder_channels!r}")
+    if (
+        isinstance(decoder_channels, bool)
+        or not isinstance(decoder_channels, int)
+        or decoder_channels < MIN_DECODER_CHANNELS
+    ):
+        raise ValueError(
+            f"decoder_channels must be an int >= {MIN_DECODER_CHANNELS}, got {decoder_channels!r}"
+        )
 
 
 def build_model(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vidseg_ros.models.netwarp import DEFAULT_LAYERS
+from vidseg_ros.models.perframe import MIN_DECODER_CHANNELS
 from vidseg_ros.models.tdnet import DEFAULT_PATHS
 from vidseg_ros.models.twnet import DEFAULT_KEY_INTERVAL, DEFAULT_WARP_LAYER
 from vidseg_ros.training.distill import clip_span
@@ -164,8 +165,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ValueError(f"lr must be > 0, got {self.learning_rate}")
-        if self.decoder_channels is not None and self.decoder_channels < 1:
-            raise ValueError(f"decoder channels must be >= 1, got {self.decoder_channels}")
+        if self.decoder_channels is not None and self.decoder_channels < MIN_DECODER_CHANNELS:
+            raise ValueError(
+                f"decoder channels must be >= {MIN_DECODER_CHANNELS}, got {self.decoder_channels}"
+            )
         if self.width_mult is not None and not self.width_mult > 0:
             raise ValueError(f"width mult must be > 0, got {self.width_mult}")
         if self.weight_decay < 0 or self.lam < 0:
